@@ -1,1 +1,113 @@
-//! placeholder
+//! The kiln coordinator: holds runs in Raft-replicated state, schedules them on agents and
+//! serves the gRPC API for the CLI and agents.
+//!
+//! Module map: `store` (RocksDB: Raft log and applied state), `raft_node` (drives raft-rs and
+//! applies commands to `kiln_state::State`), `control` (the leader's loop that proposes
+//! assignments, cancellations and failures), `agents` (connected agents, leader memory),
+//! `logs` (live log fan-out), `api` (the gRPC services, the only place that knows tonic's
+//! server side).
+
+pub mod agents;
+pub mod api;
+pub mod control;
+pub mod logs;
+pub mod raft_node;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use kiln_proto::v1::agent_service_server::AgentServiceServer;
+use kiln_proto::v1::control_server::ControlServer;
+
+/// Largest gRPC message accepted (a run request carries a task file of at most 512 KiB).
+const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// Registry host runs push to by default, and where contexts and logs are stored.
+    pub registry: String,
+    pub node_id: u64,
+}
+
+/// Runs the coordinator until `shutdown` is cancelled.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    serve(listener, config, shutdown).await
+}
+
+/// Like [`run`], on a listener the caller bound (tests bind port 0).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    config: Config,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir).with_context(|| {
+        format!(
+            "cannot create the data directory {}",
+            config.data_dir.display()
+        )
+    })?;
+    let registry = kiln_registry::Registry::new(&config.registry)
+        .with_context(|| format!("invalid registry '{}'", config.registry))?;
+    let store = store::Store::open(&config.data_dir.join("db"))?;
+    let raft_shutdown = CancellationToken::new();
+    let (raft, raft_thread) = raft_node::start(store, config.node_id, raft_shutdown.clone())?;
+    let agents = Arc::new(agents::Agents::new());
+    let logs = Arc::new(logs::LogHub::default());
+    let tasks = TaskTracker::new();
+
+    let control = control::Control {
+        raft: raft.clone(),
+        agents: agents.clone(),
+        logs: logs.clone(),
+        started: Instant::now(),
+    };
+    tasks.spawn(control.run(shutdown.child_token()));
+
+    let api = api::Api {
+        raft,
+        agents,
+        logs,
+        registry,
+        tasks: tasks.clone(),
+    };
+    let address = listener.local_addr()?;
+    tracing::info!(%address, registry = %config.registry, data_dir = %config.data_dir.display(), "coordinator listening");
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let server = tonic::transport::Server::builder()
+        .add_service(
+            ControlServer::new(api.clone())
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            AgentServiceServer::new(api)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .serve_with_incoming_shutdown(incoming, shutdown.cancelled());
+    let result = server.await;
+    // Ordered drain: the API is closed, now stop the loops, then Raft (which flushes RocksDB).
+    tasks.close();
+    shutdown.cancel();
+    if tokio::time::timeout(std::time::Duration::from_secs(5), tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some coordinator tasks did not stop within 5s");
+    }
+    raft_shutdown.cancel();
+    let _ = tokio::task::spawn_blocking(move || raft_thread.join()).await;
+    result.context("the gRPC server failed")
+}

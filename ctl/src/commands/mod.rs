@@ -1,0 +1,8 @@
+//! One module per `kiln` subcommand; `submit` holds what `build` and `run` share.
+
+pub mod agents;
+pub mod build;
+pub mod logs;
+pub mod run;
+pub mod runs;
+pub mod submit;

@@ -1,0 +1,484 @@
+//! [`State`] and its `apply` function: the only way the replicated state changes.
+
+use std::collections::BTreeMap;
+
+use crate::pb::{
+    command, ApplyResult, AssignRun, Command, FinishRun, PlanRun, RecordImage, RequestCancel, Run,
+    RunRequest, RunStatus, Step, StepStatus, SubmitRun, UpdateStep,
+};
+use crate::platform::PlatformSpec;
+
+/// Largest task file accepted in a run request. Task files are small; this bounds the replicated log.
+pub const MAX_TASK_BYTES: usize = 512 * 1024;
+/// Largest values file accepted in a run request.
+pub const MAX_VALUES_BYTES: usize = 256 * 1024;
+/// Most steps one run may have.
+pub const MAX_STEPS: usize = 1000;
+/// Most pushed images recorded for one run.
+pub const MAX_IMAGES: usize = 1000;
+/// Longest reason text kept in a record; longer reasons are cut.
+pub const MAX_REASON_BYTES: usize = 4096;
+
+/// The applied state: every run, by sequence number.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct State {
+    runs: BTreeMap<u64, Run>,
+}
+
+/// What applying one command did.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ApplyOutcome {
+    /// Returned to the proposer.
+    pub result: ApplyResult,
+    /// The sequence number of the run that changed, if any, so the caller can persist it.
+    pub changed_run: Option<u64>,
+}
+
+impl ApplyOutcome {
+    fn rejected(message: impl Into<String>) -> Self {
+        Self {
+            result: ApplyResult {
+                error: message.into(),
+                run_id: String::new(),
+            },
+            changed_run: None,
+        }
+    }
+
+    fn changed(seq: u64) -> Self {
+        Self {
+            result: ApplyResult {
+                error: String::new(),
+                run_id: run_id_for_seq(seq),
+            },
+            changed_run: Some(seq),
+        }
+    }
+
+    /// Accepted, but nothing needed to change (a repeated report).
+    fn unchanged(seq: u64) -> Self {
+        Self {
+            result: ApplyResult {
+                error: String::new(),
+                run_id: run_id_for_seq(seq),
+            },
+            changed_run: None,
+        }
+    }
+}
+
+/// Formats a run id the way ACR does: a short prefix and an increasing number (`ca1`, `ca2`, …).
+pub fn run_id_for_seq(seq: u64) -> String {
+    format!("ca{seq}")
+}
+
+/// The sequence number of a run id, if it is one.
+pub fn seq_from_run_id(run_id: &str) -> Option<u64> {
+    let digits = run_id.strip_prefix("ca")?;
+    if digits.is_empty() || digits.starts_with('0') {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+pub fn is_terminal(status: RunStatus) -> bool {
+    !matches!(
+        status,
+        RunStatus::Queued | RunStatus::Running | RunStatus::Unspecified
+    )
+}
+
+pub fn is_step_terminal(status: StepStatus) -> bool {
+    !matches!(
+        status,
+        StepStatus::Queued | StepStatus::Running | StepStatus::Unspecified
+    )
+}
+
+impl State {
+    /// Rebuilds the state from persisted runs.
+    pub fn from_runs(runs: impl IntoIterator<Item = Run>) -> Self {
+        let mut state = Self::default();
+        for run in runs {
+            state.runs.insert(run.seq, run);
+        }
+        state
+    }
+
+    pub fn run(&self, run_id: &str) -> Option<&Run> {
+        self.runs.get(&seq_from_run_id(run_id)?)
+    }
+
+    pub fn run_by_seq(&self, seq: u64) -> Option<&Run> {
+        self.runs.get(&seq)
+    }
+
+    /// All runs, oldest first.
+    pub fn runs(&self) -> impl DoubleEndedIterator<Item = &Run> {
+        self.runs.values()
+    }
+
+    /// Runs waiting for an agent, oldest first.
+    pub fn queued_runs(&self) -> impl Iterator<Item = &Run> {
+        self.runs
+            .values()
+            .filter(|r| r.status() == RunStatus::Queued)
+    }
+
+    /// Runs an agent is executing, oldest first.
+    pub fn running_runs(&self) -> impl Iterator<Item = &Run> {
+        self.runs
+            .values()
+            .filter(|r| r.status() == RunStatus::Running)
+    }
+
+    fn next_seq(&self) -> u64 {
+        self.runs
+            .keys()
+            .next_back()
+            .map_or(1, |last| last.saturating_add(1))
+    }
+
+    /// Applies one committed command. Deterministic and total: bad content is rejected, never panics.
+    pub fn apply(&mut self, command: &Command) -> ApplyOutcome {
+        let at_ms = command.at_ms;
+        match &command.kind {
+            None => ApplyOutcome::rejected("empty command"),
+            Some(command::Kind::SubmitRun(c)) => self.submit_run(c, at_ms),
+            Some(command::Kind::AssignRun(c)) => self.assign_run(c, at_ms),
+            Some(command::Kind::PlanRun(c)) => self.plan_run(c),
+            Some(command::Kind::UpdateStep(c)) => self.update_step(c, at_ms),
+            Some(command::Kind::RecordImage(c)) => self.record_image(c),
+            Some(command::Kind::FinishRun(c)) => self.finish_run(c, at_ms),
+            Some(command::Kind::RequestCancel(c)) => self.request_cancel(c, at_ms),
+        }
+    }
+
+    fn submit_run(&mut self, command: &SubmitRun, at_ms: u64) -> ApplyOutcome {
+        let Some(request) = &command.request else {
+            return ApplyOutcome::rejected("run request is missing");
+        };
+        if let Err(message) = validate_request(request) {
+            return ApplyOutcome::rejected(message);
+        }
+        let seq = self.next_seq();
+        let run = Run {
+            id: run_id_for_seq(seq),
+            seq,
+            request: Some(request.clone()),
+            status: RunStatus::Queued as i32,
+            created_at_ms: at_ms,
+            ..Run::default()
+        };
+        self.runs.insert(seq, run);
+        ApplyOutcome::changed(seq)
+    }
+
+    fn assign_run(&mut self, command: &AssignRun, at_ms: u64) -> ApplyOutcome {
+        if command.agent_id.is_empty() {
+            return ApplyOutcome::rejected("agent id is missing");
+        }
+        let (seq, run) = match self.run_mut(&command.run_id) {
+            Ok(found) => found,
+            Err(outcome) => return outcome,
+        };
+        if run.status() != RunStatus::Queued {
+            return ApplyOutcome::rejected(format!(
+                "run {} is {:?}, not Queued",
+                run.id,
+                run.status()
+            ));
+        }
+        run.status = RunStatus::Running as i32;
+        run.agent_id = command.agent_id.clone();
+        run.agent_platform = command.agent_platform.clone();
+        run.emulated = command.emulated;
+        run.started_at_ms = at_ms;
+        ApplyOutcome::changed(seq)
+    }
+
+    fn plan_run(&mut self, command: &PlanRun) -> ApplyOutcome {
+        let (seq, run) = match self.active_run_mut(&command.run_id) {
+            Ok(found) => found,
+            Err(outcome) => return outcome,
+        };
+        if command.step_ids.len() > MAX_STEPS {
+            return ApplyOutcome::rejected(format!(
+                "run {} has {} steps; at most {MAX_STEPS} are allowed",
+                run.id,
+                command.step_ids.len()
+            ));
+        }
+        for (index, id) in command.step_ids.iter().enumerate() {
+            if id.is_empty() || command.step_ids[..index].contains(id) {
+                return ApplyOutcome::rejected(format!("step id '{id}' is empty or repeated"));
+            }
+        }
+        let planned: Vec<&str> = run.steps.iter().map(|s| s.id.as_str()).collect();
+        if !planned.is_empty() {
+            if planned
+                == command
+                    .step_ids
+                    .iter()
+                    .map(String::as_str)
+                    .collect::<Vec<_>>()
+            {
+                return ApplyOutcome::unchanged(seq);
+            }
+            return ApplyOutcome::rejected(format!("run {} is already planned", run.id));
+        }
+        run.steps = command
+            .step_ids
+            .iter()
+            .map(|id| Step {
+                id: id.clone(),
+                status: StepStatus::Queued as i32,
+                ..Step::default()
+            })
+            .collect();
+        ApplyOutcome::changed(seq)
+    }
+
+    fn update_step(&mut self, command: &UpdateStep, at_ms: u64) -> ApplyOutcome {
+        let status = StepStatus::try_from(command.status).unwrap_or(StepStatus::Unspecified);
+        if status == StepStatus::Unspecified {
+            return ApplyOutcome::rejected(format!("invalid step status {}", command.status));
+        }
+        let (seq, run) = match self.active_run_mut(&command.run_id) {
+            Ok(found) => found,
+            Err(outcome) => return outcome,
+        };
+        let run_id = run.id.clone();
+        let step = match run.steps.iter_mut().position(|s| s.id == command.step_id) {
+            Some(index) => &mut run.steps[index],
+            None => {
+                return ApplyOutcome::rejected(format!(
+                    "run {run_id} has no step '{}'",
+                    command.step_id
+                ))
+            }
+        };
+        let current = step.status();
+        if is_step_terminal(current) {
+            // A repeated report of the same outcome (after an agent reconnects) is fine; a
+            // terminal step never changes status again.
+            if current == status {
+                return ApplyOutcome::unchanged(seq);
+            }
+            return ApplyOutcome::rejected(format!(
+                "step '{}' of run {run_id} already ended {current:?}",
+                step.id
+            ));
+        }
+        if status == current && !is_step_terminal(status) {
+            return ApplyOutcome::unchanged(seq);
+        }
+        step.status = status as i32;
+        if status == StepStatus::Running && step.started_at_ms == 0 {
+            step.started_at_ms = at_ms;
+        }
+        if is_step_terminal(status) {
+            step.finished_at_ms = at_ms;
+            step.has_exit_code = command.has_exit_code;
+            step.exit_code = command.exit_code;
+            step.reason = bounded(&command.reason);
+            step.log_digest = command.log_digest.clone();
+            step.log_size = command.log_size;
+        }
+        ApplyOutcome::changed(seq)
+    }
+
+    fn record_image(&mut self, command: &RecordImage) -> ApplyOutcome {
+        let Some(image) = &command.image else {
+            return ApplyOutcome::rejected("image is missing");
+        };
+        if image.image.is_empty() || !image.digest.starts_with("sha256:") {
+            return ApplyOutcome::rejected("an image record needs a name and a sha256 digest");
+        }
+        let (seq, run) = match self.active_run_mut(&command.run_id) {
+            Ok(found) => found,
+            Err(outcome) => return outcome,
+        };
+        if run.images.iter().any(|i| i == image) {
+            return ApplyOutcome::unchanged(seq);
+        }
+        if run.images.len() >= MAX_IMAGES {
+            return ApplyOutcome::rejected(format!("run {} pushed too many images", run.id));
+        }
+        run.images.push(image.clone());
+        ApplyOutcome::changed(seq)
+    }
+
+    fn finish_run(&mut self, command: &FinishRun, at_ms: u64) -> ApplyOutcome {
+        let status = RunStatus::try_from(command.status).unwrap_or(RunStatus::Unspecified);
+        if !is_terminal(status) {
+            return ApplyOutcome::rejected(format!(
+                "a run can only finish with a terminal status, not {status:?}"
+            ));
+        }
+        let (seq, run) = match self.active_run_mut(&command.run_id) {
+            Ok(found) => found,
+            Err(outcome) => return outcome,
+        };
+        if !command.agent_id.is_empty() && command.agent_id != run.agent_id {
+            return ApplyOutcome::rejected(format!(
+                "run {} is not assigned to agent {}",
+                run.id, command.agent_id
+            ));
+        }
+        finish(run, status, &command.reason, at_ms);
+        ApplyOutcome::changed(seq)
+    }
+
+    fn request_cancel(&mut self, command: &RequestCancel, at_ms: u64) -> ApplyOutcome {
+        let (seq, run) = match self.run_mut(&command.run_id) {
+            Ok(found) => found,
+            Err(outcome) => return outcome,
+        };
+        match run.status() {
+            RunStatus::Queued => finish(
+                run,
+                RunStatus::Canceled,
+                "canceled before it started",
+                at_ms,
+            ),
+            RunStatus::Running if run.cancel_requested => return ApplyOutcome::unchanged(seq),
+            RunStatus::Running => run.cancel_requested = true,
+            status => {
+                return ApplyOutcome::rejected(format!(
+                    "run {} already finished: {}",
+                    run.id,
+                    status_name(status)
+                ))
+            }
+        }
+        ApplyOutcome::changed(seq)
+    }
+
+    fn run_mut(&mut self, run_id: &str) -> Result<(u64, &mut Run), ApplyOutcome> {
+        let seq = seq_from_run_id(run_id)
+            .ok_or_else(|| ApplyOutcome::rejected(format!("'{run_id}' is not a run id")))?;
+        match self.runs.get_mut(&seq) {
+            Some(run) => Ok((seq, run)),
+            None => Err(ApplyOutcome::rejected(format!(
+                "run {run_id} does not exist"
+            ))),
+        }
+    }
+
+    /// Like `run_mut`, but only for a run that has not finished yet.
+    fn active_run_mut(&mut self, run_id: &str) -> Result<(u64, &mut Run), ApplyOutcome> {
+        let (seq, run) = self.run_mut(run_id)?;
+        if is_terminal(run.status()) {
+            return Err(ApplyOutcome::rejected(format!(
+                "run {run_id} already finished: {}",
+                status_name(run.status())
+            )));
+        }
+        Ok((seq, run))
+    }
+}
+
+/// ACR's name for a run status.
+pub fn status_name(status: RunStatus) -> &'static str {
+    match status {
+        RunStatus::Unspecified => "Unknown",
+        RunStatus::Queued => "Queued",
+        RunStatus::Running => "Running",
+        RunStatus::Succeeded => "Succeeded",
+        RunStatus::Failed => "Failed",
+        RunStatus::Canceled => "Canceled",
+        RunStatus::Error => "Error",
+        RunStatus::Timeout => "Timeout",
+    }
+}
+
+/// The name shown for a step status.
+pub fn step_status_name(status: StepStatus) -> &'static str {
+    match status {
+        StepStatus::Unspecified => "Unknown",
+        StepStatus::Queued => "Queued",
+        StepStatus::Running => "Running",
+        StepStatus::Succeeded => "Succeeded",
+        StepStatus::Failed => "Failed",
+        StepStatus::Skipped => "Skipped",
+        StepStatus::Canceled => "Canceled",
+        StepStatus::Timeout => "Timeout",
+        StepStatus::Error => "Error",
+    }
+}
+
+fn finish(run: &mut Run, status: RunStatus, reason: &str, at_ms: u64) {
+    run.status = status as i32;
+    run.reason = bounded(reason);
+    run.finished_at_ms = at_ms;
+    // Steps that never got to report an outcome end with the run.
+    for step in &mut run.steps {
+        match step.status() {
+            StepStatus::Queued | StepStatus::Unspecified => {
+                step.status = StepStatus::Skipped as i32
+            }
+            StepStatus::Running => {
+                step.status = match status {
+                    RunStatus::Timeout => StepStatus::Timeout,
+                    RunStatus::Error => StepStatus::Error,
+                    _ => StepStatus::Canceled,
+                } as i32;
+                step.finished_at_ms = at_ms;
+            }
+            _ => {}
+        }
+    }
+}
+
+fn bounded(text: &str) -> String {
+    if text.len() <= MAX_REASON_BYTES {
+        return text.to_string();
+    }
+    let mut end = MAX_REASON_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
+fn validate_request(request: &RunRequest) -> Result<(), String> {
+    if request.task_yaml.trim().is_empty() {
+        return Err("the task file is empty".to_string());
+    }
+    if request.task_yaml.len() > MAX_TASK_BYTES {
+        return Err(format!(
+            "the task file is {} bytes; at most {MAX_TASK_BYTES} are allowed",
+            request.task_yaml.len()
+        ));
+    }
+    if request.values_yaml.len() > MAX_VALUES_BYTES {
+        return Err(format!(
+            "the values file is {} bytes; at most {MAX_VALUES_BYTES} are allowed",
+            request.values_yaml.len()
+        ));
+    }
+    if request.registry.is_empty() {
+        return Err("the run has no registry".to_string());
+    }
+    if !request.context_digest.is_empty() && !is_sha256_digest(&request.context_digest) {
+        return Err(format!(
+            "context digest '{}' is not of the form sha256:<64 hex digits>",
+            request.context_digest
+        ));
+    }
+    PlatformSpec::from_pb(request.platform.as_ref())?;
+    Ok(())
+}
+
+pub fn is_sha256_digest(text: &str) -> bool {
+    text.strip_prefix("sha256:").is_some_and(|hex| {
+        hex.len() == 64
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
+#[cfg(test)]
+mod tests;
