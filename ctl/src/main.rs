@@ -3,6 +3,7 @@
 mod client;
 mod commands;
 mod output;
+mod task;
 
 use std::process::ExitCode;
 
@@ -42,6 +43,9 @@ enum Command {
     Logs(logs::LogsArgs),
     /// Lists the connected agents and the platforms they run.
     Agents,
+    /// Validates, renders and plans task files offline (no farm needed).
+    #[command(subcommand)]
+    Task(task::TaskCommand),
 }
 
 fn main() -> ExitCode {
@@ -65,6 +69,7 @@ fn main() -> ExitCode {
             Command::Runs(command) => runs::run(&coordinator, command).await,
             Command::Logs(args) => logs::run(&coordinator, args).await,
             Command::Agents => commands::agents::run(&coordinator).await,
+            Command::Task(command) => task::run(command),
         }
     });
     match result {

@@ -1,0 +1,298 @@
+//! A Go `text/template` compatible engine with the Sprig functions task files use.
+//!
+//! Hand-written on purpose: the existing Rust ports (e.g. `gtmpl`) lack Go's `missingkey=zero`
+//! behaviour, `break`/`continue`, lazy `and`/`or`, and — most importantly for a service that
+//! evaluates user input — any bound on output size, loop work or template recursion. This engine
+//! is bounded by [`Limits`] and records a source map so errors found later (in the YAML) can point
+//! back at the template text.
+
+mod exec;
+mod funcs;
+mod parse;
+mod value;
+
+pub use exec::{Limits, Segment};
+pub use funcs::strval;
+pub use value::Value;
+
+use parse::{Arg, ArgKind, Node, Pipe};
+
+/// Template output plus where each piece came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rendered {
+    pub text: String,
+    pub segments: Vec<Segment>,
+}
+
+/// A parse or execution error at a byte offset of the template source. `message` is in Go's
+/// form (`template: <name>:<line>:<col>: ...`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TemplateError {
+    pub pos: usize,
+    pub message: String,
+}
+
+fn line_col(src: &str, pos: usize) -> (usize, usize) {
+    let pos = pos.min(src.len());
+    let before = &src[..pos];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rfind('\n').map(|p| pos - p - 1).unwrap_or(pos);
+    (line, col)
+}
+
+/// Parses and executes `src` with `data` as dot.
+pub fn render(
+    name: &str,
+    src: &str,
+    data: &Value,
+    limits: Limits,
+) -> Result<Rendered, TemplateError> {
+    let tree = parse::parse(src).map_err(|e| {
+        let (line, _) = line_col(src, e.pos);
+        TemplateError {
+            pos: e.pos,
+            message: format!("template: {name}:{line}: {}", e.message),
+        }
+    })?;
+    let mut undefined = None;
+    check_functions(&tree.root, &mut undefined);
+    for body in tree.defines.values() {
+        check_functions(body, &mut undefined);
+    }
+    if let Some((pos, f)) = undefined {
+        let (line, _) = line_col(src, pos);
+        return Err(TemplateError {
+            pos,
+            message: format!("template: {name}:{line}: function {f:?} not defined"),
+        });
+    }
+    let (text, segments) = exec::execute(&tree, name, data, limits).map_err(|e| {
+        let (line, col) = line_col(src, e.pos);
+        TemplateError {
+            pos: e.pos,
+            message: format!("template: {name}:{line}:{col}: {}", e.message),
+        }
+    })?;
+    Ok(Rendered { text, segments })
+}
+
+/// Maps a byte offset of the output back to a byte offset of the template source.
+pub fn map_offset(segments: &[Segment], out: usize) -> usize {
+    let idx = segments.partition_point(|s| s.out <= out);
+    if idx == 0 {
+        return segments.first().map(|s| s.src).unwrap_or(out);
+    }
+    let seg = segments[idx - 1];
+    if seg.literal {
+        seg.src + (out - seg.out)
+    } else {
+        seg.src
+    }
+}
+
+fn check_functions(list: &[Node], found: &mut Option<(usize, String)>) {
+    for node in list {
+        match node {
+            Node::Action { pipe, .. } => check_pipe(pipe, found),
+            Node::If {
+                pipe,
+                list,
+                else_list,
+                ..
+            }
+            | Node::Range {
+                pipe,
+                list,
+                else_list,
+                ..
+            }
+            | Node::With {
+                pipe,
+                list,
+                else_list,
+                ..
+            } => {
+                check_pipe(pipe, found);
+                check_functions(list, found);
+                if let Some(e) = else_list {
+                    check_functions(e, found);
+                }
+            }
+            Node::Template { pipe: Some(p), .. } => check_pipe(p, found),
+            _ => {}
+        }
+    }
+}
+
+fn check_pipe(pipe: &Pipe, found: &mut Option<(usize, String)>) {
+    for cmd in &pipe.cmds {
+        for arg in &cmd.args {
+            check_arg(arg, found);
+        }
+    }
+}
+
+fn check_arg(arg: &Arg, found: &mut Option<(usize, String)>) {
+    match &arg.kind {
+        ArgKind::Ident(f) if found.is_none() && !funcs::NAMES.contains(&f.as_str()) => {
+            *found = Some((arg.pos, f.clone()));
+        }
+        ArgKind::Pipe(p) => check_pipe(p, found),
+        ArgKind::Chain(inner, _) => check_arg(inner, found),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn data() -> Value {
+        let mut run = BTreeMap::new();
+        run.insert("ID".to_string(), Value::from("cf19"));
+        run.insert("Registry".to_string(), Value::from("r.io"));
+        let mut values = BTreeMap::new();
+        values.insert("n".to_string(), Value::Int(3));
+        values.insert(
+            "l".to_string(),
+            Value::List(vec!["a".into(), "b".into(), "c".into()]),
+        );
+        let mut nested = BTreeMap::new();
+        nested.insert("x".to_string(), Value::from("deep"));
+        values.insert("m".to_string(), Value::Map(nested));
+        let mut root = BTreeMap::new();
+        root.insert("Run".to_string(), Value::Map(run));
+        root.insert("Values".to_string(), Value::Map(values));
+        Value::Map(root)
+    }
+
+    fn r(src: &str) -> String {
+        render("t", src, &data(), Limits::default()).unwrap().text
+    }
+
+    fn e(src: &str) -> String {
+        render("t", src, &data(), Limits::default())
+            .unwrap_err()
+            .message
+    }
+
+    #[test]
+    fn fields_and_missing_keys() {
+        assert_eq!(r("{{.Run.Registry}}/x:{{.Run.ID}}"), "r.io/x:cf19");
+        assert_eq!(r("[{{.Values.missing}}]"), "[<no value>]");
+        assert_eq!(r("{{.Values.m.x}}"), "deep");
+        assert_eq!(
+            e("{{.Values.a.b}}"),
+            "template: t:1:2: executing \"t\" at <.Values.a.b>: nil pointer evaluating interface {}.b"
+        );
+        assert!(e("{{.Run.ID.x}}").contains("can't evaluate field x in type string"));
+    }
+
+    #[test]
+    fn control_flow() {
+        assert_eq!(r("{{if eq .Values.n 3}}yes{{else}}no{{end}}"), "yes");
+        assert_eq!(
+            r("{{if .Values.zz}}a{{else if .Values.n}}b{{else}}c{{end}}"),
+            "b"
+        );
+        assert_eq!(
+            r("{{range $i, $v := .Values.l}}{{$i}}={{$v}};{{end}}"),
+            "0=a;1=b;2=c;"
+        );
+        assert_eq!(r("{{range .Values.l}}{{.}}{{end}}"), "abc");
+        assert_eq!(r("{{range .Values.none}}x{{else}}empty{{end}}"), "empty");
+        assert_eq!(r("{{with .Values.m}}{{.x}}{{end}}"), "deep");
+        assert_eq!(r("{{with .Values.zz}}x{{else}}none{{end}}"), "none");
+        assert_eq!(
+            r("{{range .Values.l}}{{if eq . \"b\"}}{{break}}{{end}}{{.}}{{end}}"),
+            "a"
+        );
+        assert_eq!(
+            r("{{range .Values.l}}{{if eq . \"b\"}}{{continue}}{{end}}{{.}}{{end}}"),
+            "ac"
+        );
+        assert_eq!(r("{{range 3}}{{.}}{{end}}"), "012");
+    }
+
+    #[test]
+    fn variables_pipelines_and_trim() {
+        assert_eq!(
+            r("{{ $x := .Run.ID }}{{ $x }}-{{ $.Run.Registry }}"),
+            "cf19-r.io"
+        );
+        assert_eq!(
+            r("{{ $x := 1 }}{{ if true }}{{ $x = 2 }}{{ end }}{{ $x }}"),
+            "2"
+        );
+        assert_eq!(r("{{ .Run.ID | upper | printf \"%s!\" }}"), "CF19!");
+        assert_eq!(r("a  {{- \"b\" -}}  c"), "abc");
+        assert_eq!(r("{{/* comment */}}x{{- /* c */ -}} y"), "xy");
+        assert_eq!(r("{{ (index .Values.l 1) }}{{ len .Values.l }}"), "b3");
+        assert_eq!(r("{{ and 1 0 }}{{ or 0 \"x\" }}{{ not true }}"), "0xfalse");
+        assert_eq!(r("{{ .Values.missing | default \"d\" }}"), "d");
+        assert_eq!(r("{{ print 1 2 \"a\" 3 }}"), "1 2a3");
+    }
+
+    #[test]
+    fn define_and_template() {
+        assert_eq!(
+            r("{{define \"x\"}}[{{.}}]{{end}}{{template \"x\" .Run.ID}}"),
+            "[cf19]"
+        );
+        assert_eq!(r("{{block \"b\" .Run.ID}}<{{.}}>{{end}}"), "<cf19>");
+    }
+
+    #[test]
+    fn errors() {
+        assert!(e("{{ nosuchfunc 1 }}").contains("function \"nosuchfunc\" not defined"));
+        assert!(e("{{ if }}").starts_with("template: t:1:"));
+        assert!(e("line1\n{{ .Run.ID 1 }}").starts_with("template: t:2:"));
+        assert!(e("{{ $nope }}").contains("undefined variable"));
+    }
+
+    #[test]
+    fn limits_hold() {
+        let tight = Limits {
+            max_output: 1000,
+            max_steps: 10_000,
+            max_depth: 10,
+        };
+        let msg = render(
+            "t",
+            "{{range until 100000}}xxxxxxxxxx{{end}}",
+            &data(),
+            tight,
+        )
+        .unwrap_err()
+        .message;
+        assert!(msg.contains("exceed"), "{msg}");
+        let msg = render(
+            "t",
+            "{{define \"a\"}}{{template \"a\" .}}{{end}}{{template \"a\" .}}",
+            &data(),
+            tight,
+        )
+        .unwrap_err()
+        .message;
+        assert!(msg.contains("depth"), "{msg}");
+        let msg = render(
+            "t",
+            "{{range until 5000}}{{range until 5000}}{{end}}{{end}}",
+            &data(),
+            tight,
+        )
+        .unwrap_err()
+        .message;
+        assert!(msg.contains("steps"), "{msg}");
+    }
+
+    #[test]
+    fn source_map() {
+        let out = render("t", "ab{{.Run.ID}}\ncd", &data(), Limits::default()).unwrap();
+        assert_eq!(out.text, "abcf19\ncd");
+        assert_eq!(map_offset(&out.segments, 1), 1);
+        assert_eq!(map_offset(&out.segments, 3), 2);
+        assert_eq!(map_offset(&out.segments, 7), 14);
+    }
+}
