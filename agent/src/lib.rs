@@ -1,1 +1,104 @@
-//! placeholder
+//! kiln's build agent: connects to the coordinator, advertises the platforms it can run,
+//! receives runs and executes their task files on a Docker Engine, streaming logs and results.
+//!
+//! Code map: `session` (the gRPC session, the only module that knows tonic), `runner` (one
+//! run's ACR semantics), `executor` (`ContainerRuntime`: `docker` on bollard, `fake` for
+//! tests), `logs` (per-step capture), `reports` (report state replayed after reconnects),
+//! `blobs` (contexts and logs in the registry), `platforms` (native and QEMU platforms),
+//! `cmdline` (docker flags inside `cmd`), `config`.
+
+pub mod blobs;
+pub mod cmdline;
+pub mod config;
+pub mod executor;
+pub mod logs;
+pub mod platforms;
+pub mod reports;
+pub mod runner;
+mod session;
+pub mod task;
+
+use std::sync::Arc;
+
+use kiln_proto::v1::AgentPlatform;
+use tokio_util::sync::CancellationToken;
+
+use crate::blobs::{BlobStore, RegistryBlobStore};
+pub use crate::config::AgentConfig;
+use crate::executor::docker::DockerRuntime;
+use crate::executor::ContainerRuntime;
+use crate::runner::RunnerEnv;
+
+/// Reports buffered between runners and the session; a full buffer makes runners wait.
+const REPORT_BUFFER: usize = 256;
+
+/// Errors that stop the agent from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("cannot prepare the work directory {path}: {source}")]
+    WorkDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot use the Docker Engine at {host}: {source}")]
+    Docker {
+        host: String,
+        source: executor::RuntimeError,
+    },
+}
+
+/// Runs an agent on the Docker Engine of `config.docker_host` until `shutdown` is cancelled;
+/// active runs are then canceled and cleaned up before it returns.
+pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
+    prepare_work_dir(&config).await?;
+    let docker_error = |source| AgentError::Docker {
+        host: config.docker_host.clone(),
+        source,
+    };
+    let runtime = DockerRuntime::connect(&config.docker_host, &config.work_dir.join("scratch"))
+        .await
+        .map_err(docker_error)?;
+    let native = runtime.engine_platform().await.map_err(docker_error)?;
+    let platforms = platforms::detect(&native, &config.binfmt_dir);
+    tracing::info!(
+        agent_id = config.agent_id,
+        platforms = ?platforms.iter().filter_map(|p| p.platform.as_ref().map(platforms::platform_string)).collect::<Vec<_>>(),
+        "agent starting"
+    );
+    run_with(config, runtime, RegistryBlobStore, platforms, shutdown).await
+}
+
+/// Runs an agent on any runtime and blob store (used by tests with the fake runtime).
+pub async fn run_with<R: ContainerRuntime, B: BlobStore>(
+    config: AgentConfig,
+    runtime: R,
+    blobs: B,
+    platforms: Vec<AgentPlatform>,
+    shutdown: CancellationToken,
+) -> Result<(), AgentError> {
+    prepare_work_dir(&config).await?;
+    let (reports, reports_rx) = reports::report_channel(REPORT_BUFFER);
+    let env = Arc::new(RunnerEnv {
+        runtime,
+        blobs,
+        reports,
+        work_dir: config.work_dir.clone(),
+    });
+    session::run(config, platforms, env, reports_rx, shutdown).await;
+    Ok(())
+}
+
+/// Creates the work directory and removes run directories a previous process left behind.
+async fn prepare_work_dir(config: &AgentConfig) -> Result<(), AgentError> {
+    let runs = config.work_dir.join("runs");
+    let error = |source| AgentError::WorkDir {
+        path: runs.display().to_string(),
+        source,
+    };
+    match tokio::fs::remove_dir_all(&runs).await {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(error(e)),
+    }
+    tokio::fs::create_dir_all(&runs).await.map_err(error)
+}

@@ -1,0 +1,52 @@
+//! The agent's configuration (filled from command-line flags by `main.rs`, or directly by tests).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::platforms::BINFMT_MISC_DIR;
+
+/// How one agent process is set up.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// The coordinator's gRPC endpoint, e.g. `http://127.0.0.1:7878`.
+    pub coordinator: String,
+    /// The Docker Engine endpoint, e.g. `unix:///var/run/docker.sock`.
+    pub docker_host: String,
+    /// Directory for run workspaces, step logs and scratch files.
+    pub work_dir: PathBuf,
+    /// Stable identity across restarts.
+    pub agent_id: String,
+    /// How many runs this agent takes at once.
+    pub capacity: u32,
+    /// Where QEMU binfmt_misc handlers are listed.
+    pub binfmt_dir: PathBuf,
+    /// First reconnect delay; doubled after each failed attempt up to `reconnect_max`.
+    pub reconnect_initial: Duration,
+    pub reconnect_max: Duration,
+}
+
+impl AgentConfig {
+    /// A configuration with defaults for everything but the required settings.
+    pub fn new(
+        coordinator: impl Into<String>,
+        docker_host: impl Into<String>,
+        work_dir: impl Into<PathBuf>,
+        agent_id: impl Into<String>,
+    ) -> AgentConfig {
+        AgentConfig {
+            coordinator: coordinator.into(),
+            docker_host: docker_host.into(),
+            work_dir: work_dir.into(),
+            agent_id: agent_id.into(),
+            capacity: 2,
+            binfmt_dir: PathBuf::from(BINFMT_MISC_DIR),
+            reconnect_initial: Duration::from_millis(200),
+            reconnect_max: Duration::from_secs(10),
+        }
+    }
+
+    /// Where the run's workspace, logs and scratch files live.
+    pub fn run_dir(&self, run_id: &str) -> PathBuf {
+        self.work_dir.join("runs").join(run_id)
+    }
+}

@@ -1,0 +1,198 @@
+//! The container runtime the runner drives, in the agent's own vocabulary.
+//!
+//! `ContainerRuntime` is the seam between ACR step semantics (`runner.rs`) and a container
+//! engine: `docker.rs` implements it on a real Docker Engine, `fake.rs` is a scripted
+//! implementation for unit tests. Every operation is cancelled by dropping its future; the
+//! runner then removes the step's container explicitly, so implementations need no
+//! cancellation plumbing of their own.
+
+pub mod docker;
+pub mod fake;
+
+use std::future::Future;
+use std::path::PathBuf;
+
+use crate::logs::StepLog;
+
+/// The operating system and architecture of an engine, in OCI terms (`linux`, `amd64`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnginePlatform {
+    pub os: String,
+    pub architecture: String,
+    pub variant: String,
+}
+
+/// Everything needed to create one step container.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ContainerSpec {
+    /// Unique container name (`kiln-<run>-<step>`).
+    pub name: String,
+    pub image: String,
+    /// Arguments after the image (the container command).
+    pub args: Vec<String>,
+    /// Replaces the image's entrypoint when set.
+    pub entrypoint: Option<Vec<String>>,
+    /// `KEY=value` entries.
+    pub env: Vec<String>,
+    /// Container working directory; `None` keeps the image's `WORKDIR`.
+    pub working_dir: Option<String>,
+    pub user: Option<String>,
+    /// Network to attach to; `None` uses the engine's default bridge.
+    pub network: Option<String>,
+    /// Names the container is reachable by on `network`.
+    pub network_aliases: Vec<String>,
+    /// Bind mounts as `host-path:container-path`.
+    pub binds: Vec<String>,
+    /// Published ports in `docker run -p` syntax.
+    pub ports: Vec<String>,
+    /// Exposed ports in `docker run --expose` syntax.
+    pub expose: Vec<String>,
+    pub privileged: bool,
+    pub isolation: Option<String>,
+    /// `os/arch[/variant]` to create the container for (set when running emulated).
+    pub platform: Option<String>,
+    /// Allocates a pseudo-terminal (`-t` in a `cmd`).
+    pub tty: bool,
+}
+
+/// Everything needed for one classic-builder image build.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BuildSpec {
+    /// Host directory sent as the build context.
+    pub context_dir: PathBuf,
+    /// Dockerfile on the host; `None` means `Dockerfile` inside the context.
+    pub dockerfile: Option<PathBuf>,
+    pub tags: Vec<String>,
+    /// `KEY=value` pairs; a bare `KEY` takes its value from `env`.
+    pub build_args: Vec<String>,
+    pub target: Option<String>,
+    pub no_cache: bool,
+    pub pull: bool,
+    /// `os/arch[/variant]` to build for.
+    pub platform: Option<String>,
+    pub labels: Vec<String>,
+    /// Network for `RUN` instructions; `None` is the engine's default.
+    pub network: Option<String>,
+}
+
+/// Why a runtime operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RuntimeError {
+    /// The image could not be found or pulled.
+    #[error("image {image}: {message}")]
+    Image { image: String, message: String },
+    /// A build instruction failed; `exit_code` is the failing command's code when known.
+    #[error("build failed: {message}")]
+    Build { message: String, exit_code: i32 },
+    /// The registry refused a push.
+    #[error("push of {image} failed: {message}")]
+    Push { image: String, message: String },
+    /// The step's own input cannot be run (bad flags, bad paths, …).
+    #[error("{0}")]
+    Invalid(String),
+    /// The engine failed or could not be reached.
+    #[error("docker engine: {0}")]
+    Engine(String),
+}
+
+impl RuntimeError {
+    /// The exit code to report for this error (1 when no better one is known).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            RuntimeError::Build { exit_code, .. } => *exit_code,
+            _ => 1,
+        }
+    }
+}
+
+/// A container engine as the runner needs it.
+pub trait ContainerRuntime: Send + Sync + 'static {
+    /// The engine's own platform.
+    fn engine_platform(&self) -> impl Future<Output = Result<EnginePlatform, RuntimeError>> + Send;
+
+    /// Creates a bridge network (idempotent: an existing network of that name is fine).
+    fn create_network(&self, name: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+
+    /// Removes a network; a missing one is fine.
+    fn remove_network(&self, name: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+
+    /// Makes sure `image` is present for `platform`, pulling it when missing or when
+    /// `always_pull` is set. Pull progress goes to `log`.
+    fn ensure_image(
+        &self,
+        image: &str,
+        platform: Option<&str>,
+        always_pull: bool,
+        log: &mut StepLog,
+    ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+
+    /// Creates and starts a container, streams its output into `log` until it exits, and
+    /// returns its exit code. The container is left in place (see `remove_container`).
+    fn run_container(
+        &self,
+        spec: &ContainerSpec,
+        log: &mut StepLog,
+    ) -> impl Future<Output = Result<i64, RuntimeError>> + Send;
+
+    /// Creates and starts a container and returns as soon as it runs (`detach`).
+    fn start_container(
+        &self,
+        spec: &ContainerSpec,
+    ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+
+    /// Kills and removes a container; a missing one is fine.
+    fn remove_container(&self, name: &str)
+        -> impl Future<Output = Result<(), RuntimeError>> + Send;
+
+    /// Builds an image, streaming the builder's output into `log`.
+    fn build_image(
+        &self,
+        spec: &BuildSpec,
+        log: &mut StepLog,
+    ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+
+    /// Pushes `image` (a full reference with tag) and returns the pushed manifest digest.
+    fn push_image(
+        &self,
+        image: &str,
+        log: &mut StepLog,
+    ) -> impl Future<Output = Result<String, RuntimeError>> + Send;
+}
+
+/// Splits `registry/repo:tag` (or `repo@digest`) into the repository and the tag or digest;
+/// a reference without either gets `latest`.
+pub fn split_image_reference(image: &str) -> (String, String) {
+    if let Some((repo, digest)) = image.split_once('@') {
+        return (repo.to_string(), digest.to_string());
+    }
+    let last_slash = image.rfind('/').map_or(0, |i| i + 1);
+    match image[last_slash..].rfind(':') {
+        Some(colon) => {
+            let at = last_slash + colon;
+            (image[..at].to_string(), image[at + 1..].to_string())
+        }
+        None => (image.to_string(), "latest".to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_references() {
+        assert_eq!(
+            split_image_reference("127.0.0.1:5000/base/busybox:1.0"),
+            ("127.0.0.1:5000/base/busybox".into(), "1.0".into())
+        );
+        assert_eq!(
+            split_image_reference("127.0.0.1:5000/base/busybox"),
+            ("127.0.0.1:5000/base/busybox".into(), "latest".into())
+        );
+        assert_eq!(
+            split_image_reference("busybox@sha256:abc"),
+            ("busybox".into(), "sha256:abc".into())
+        );
+        assert_eq!(split_image_reference("a:b"), ("a".into(), "b".into()));
+    }
+}

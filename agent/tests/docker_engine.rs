@@ -1,0 +1,288 @@
+//! Runner tests on a real Docker Engine and registry.
+//!
+//! They need `DOCKER_HOST` (or `/var/run/docker.sock`) and `KILN_REGISTRY` (a registry such as
+//! `127.0.0.1:5000` holding the multi-platform `base/busybox:latest`), and fail loudly when
+//! either is missing. The arm64 test also needs a QEMU binfmt handler for aarch64.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use kiln_agent::blobs::RegistryBlobStore;
+use kiln_agent::executor::docker::DockerRuntime;
+use kiln_agent::reports::{report_channel, Report};
+use kiln_agent::runner::{execute, RunnerEnv};
+use kiln_proto::pb::{Platform, RunRequest, RunStatus, StepStatus};
+use kiln_proto::v1::{Assignment, StepUpdate};
+use kiln_registry::{Registry, CONTEXTS_REPOSITORY, LOGS_REPOSITORY};
+use tokio_util::sync::CancellationToken;
+
+fn docker_host() -> String {
+    match std::env::var("DOCKER_HOST") {
+        Ok(host) if !host.is_empty() => host,
+        _ if Path::new("/var/run/docker.sock").exists() => {
+            "unix:///var/run/docker.sock".to_string()
+        }
+        _ => panic!("these tests need a Docker Engine: set DOCKER_HOST or start one on /var/run/docker.sock"),
+    }
+}
+
+fn registry() -> String {
+    std::env::var("KILN_REGISTRY")
+        .ok()
+        .filter(|r| !r.is_empty())
+        .expect("these tests need KILN_REGISTRY (e.g. 127.0.0.1:5000 with base/busybox:latest)")
+}
+
+/// One engine keeps one image per tag, so a build for arm64 and a native build of the same
+/// base would race over `base/busybox:latest`; the tests in this binary take turns.
+static ENGINE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn unique_run_id(prefix: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!("{prefix}{nanos}")
+}
+
+struct Finished {
+    status: RunStatus,
+    reason: String,
+    log: String,
+    reports: Vec<Report>,
+}
+
+impl Finished {
+    fn step(&self, id: &str) -> StepUpdate {
+        self.reports
+            .iter()
+            .rev()
+            .find_map(|r| match r {
+                Report::Step(u) if u.step_id == id => Some(u.clone()),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("no update for step {id}"))
+    }
+}
+
+async fn run_task(
+    run_id: &str,
+    task_yaml: &str,
+    context_digest: &str,
+    platform: (&str, &str),
+    emulated: bool,
+) -> Finished {
+    let _turn = ENGINE.lock().await;
+    let work_dir = tempfile::tempdir().expect("tempdir");
+    let runtime = DockerRuntime::connect(&docker_host(), &work_dir.path().join("scratch"))
+        .await
+        .expect("connect to the Docker Engine");
+    let (reports, mut rx) = report_channel(64);
+    let env = Arc::new(RunnerEnv {
+        runtime,
+        blobs: RegistryBlobStore,
+        reports,
+        work_dir: work_dir.path().to_path_buf(),
+    });
+    let assignment = Assignment {
+        run_id: run_id.to_string(),
+        request: Some(RunRequest {
+            task_yaml: task_yaml.to_string(),
+            task_file_name: "acb.yaml".into(),
+            context_digest: context_digest.to_string(),
+            registry: registry(),
+            timeout_seconds: 600,
+            ..Default::default()
+        }),
+        created_at_ms: 0,
+        platform: Some(Platform {
+            os: platform.0.into(),
+            architecture: platform.1.into(),
+            variant: String::new(),
+        }),
+        emulated,
+    };
+    let task = tokio::spawn(execute(env, assignment, CancellationToken::new()));
+    let mut reports = Vec::new();
+    let mut log = String::new();
+    while let Some(report) = rx.recv().await {
+        if let Report::Log(chunk) = &report {
+            log.push_str(&String::from_utf8_lossy(&chunk.data));
+        }
+        let done = matches!(report, Report::Finished(_));
+        reports.push(report);
+        if done {
+            break;
+        }
+    }
+    task.await.expect("run task");
+    let (status, reason) = reports
+        .iter()
+        .find_map(|r| match r {
+            Report::Finished(f) => Some((
+                RunStatus::try_from(f.status).unwrap_or(RunStatus::Unspecified),
+                f.reason.clone(),
+            )),
+            _ => None,
+        })
+        .expect("RunFinished");
+    Finished {
+        status,
+        reason,
+        log,
+        reports,
+    }
+}
+
+/// Uploads a context tarball holding `files` and returns its digest.
+async fn upload_context(files: &[(&str, &str)]) -> String {
+    let mut builder = tar::Builder::new(Vec::new());
+    for (name, content) in files {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(content.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        builder
+            .append_data(&mut header, name, content.as_bytes())
+            .expect("tar entry");
+    }
+    let bytes = builder.into_inner().expect("tar");
+    Registry::new(&registry())
+        .expect("registry client")
+        .push_blob_bytes(CONTEXTS_REPOSITORY, bytes)
+        .await
+        .expect("upload context")
+}
+
+#[tokio::test]
+async fn builds_and_pushes_an_image_and_reports_its_digest() {
+    let registry_host = registry();
+    let dockerfile =
+        format!("FROM {registry_host}/base/busybox:latest\nRUN echo built > /built.txt\n");
+    let digest = upload_context(&[("Dockerfile", &dockerfile)]).await;
+    let run_id = unique_run_id("itb");
+    let task = "steps:\n  - id: build\n    build: -t {{.Run.Registry}}/kiln-agent-it/app:{{.Run.ID}} .\n  - id: push\n    push: [\"{{.Run.Registry}}/kiln-agent-it/app:{{.Run.ID}}\"]\n";
+    let out = run_task(&run_id, task, &digest, ("linux", "amd64"), false).await;
+    assert_eq!(
+        out.status,
+        RunStatus::Succeeded,
+        "{}\n{}",
+        out.reason,
+        out.log
+    );
+    let pushed = out
+        .reports
+        .iter()
+        .find_map(|r| match r {
+            Report::Image(i) => Some(i.clone()),
+            _ => None,
+        })
+        .expect("ImagePushed");
+    assert_eq!(
+        pushed.image,
+        format!("{registry_host}/kiln-agent-it/app:{run_id}")
+    );
+    assert!(pushed.digest.starts_with("sha256:"), "{}", pushed.digest);
+    let client = Registry::new(&registry_host).expect("registry client");
+    let in_registry = client
+        .manifest_digest("kiln-agent-it/app", &run_id)
+        .await
+        .expect("pushed manifest");
+    assert_eq!(in_registry, pushed.digest);
+    // The build step's complete log is in the registry.
+    let build = out.step("build");
+    assert_eq!(build.status, StepStatus::Succeeded as i32);
+    assert!(build.log_size > 0);
+    let log = client
+        .pull_blob_bytes(LOGS_REPOSITORY, &build.log_digest, 1 << 20)
+        .await
+        .expect("log blob");
+    let log = String::from_utf8_lossy(&log);
+    assert!(log.contains("Executing step ID: build."), "{log}");
+    assert!(log.contains("Successfully built"), "{log}");
+}
+
+#[tokio::test]
+async fn cmd_steps_stream_output_and_report_exit_codes() {
+    let task = "steps:\n  - id: hello\n    cmd: {{.Run.Registry}}/base/busybox:latest sh -c 'echo hello-from-step; ls /workspace; exit 4'\n  - id: after\n    cmd: {{.Run.Registry}}/base/busybox:latest true\n";
+    let digest = upload_context(&[("marker-file", "x")]).await;
+    let out = run_task(
+        &unique_run_id("itc"),
+        task,
+        &digest,
+        ("linux", "amd64"),
+        false,
+    )
+    .await;
+    assert_eq!(out.status, RunStatus::Failed, "{}", out.log);
+    assert_eq!(out.reason, "step hello failed: exit code 4");
+    let hello = out.step("hello");
+    assert_eq!(hello.status, StepStatus::Failed as i32);
+    assert!(hello.has_exit_code && hello.exit_code == 4);
+    assert!(!hello.log_digest.is_empty());
+    assert!(out.log.contains("hello-from-step"), "{}", out.log);
+    assert!(out.log.contains("marker-file"), "{}", out.log);
+    assert_eq!(out.step("after").status, StepStatus::Skipped as i32);
+}
+
+#[tokio::test]
+async fn missing_images_fail_the_step_with_the_reason() {
+    let task = "steps:\n  - id: ghost\n    cmd: {{.Run.Registry}}/kiln-agent-it/does-not-exist:nope true\n";
+    let out = run_task(&unique_run_id("itm"), task, "", ("linux", "amd64"), false).await;
+    assert_eq!(out.status, RunStatus::Failed);
+    assert!(
+        out.reason.contains("kiln-agent-it/does-not-exist:nope"),
+        "{}",
+        out.reason
+    );
+}
+
+#[tokio::test]
+async fn failing_builds_report_the_command_exit_code() {
+    let registry_host = registry();
+    let dockerfile = format!("FROM {registry_host}/base/busybox:latest\nRUN exit 3\n");
+    let digest = upload_context(&[("Dockerfile", &dockerfile)]).await;
+    let task = "steps:\n  - id: build\n    build: -t kiln-agent-it/fail:{{.Run.ID}} .\n";
+    let out = run_task(
+        &unique_run_id("itf"),
+        task,
+        &digest,
+        ("linux", "amd64"),
+        false,
+    )
+    .await;
+    assert_eq!(out.status, RunStatus::Failed);
+    assert!(
+        out.reason
+            .contains("The command '/bin/sh -c exit 3' returned a non-zero code: 3"),
+        "{}",
+        out.reason
+    );
+    let build = out.step("build");
+    assert!(build.has_exit_code && build.exit_code == 3);
+}
+
+#[tokio::test]
+async fn arm64_builds_run_under_qemu() {
+    let registry_host = registry();
+    let dockerfile = format!("FROM {registry_host}/base/busybox:latest\nRUN uname -m\n");
+    let digest = upload_context(&[("Dockerfile", &dockerfile)]).await;
+    let task = "steps:\n  - id: build\n    build: -t kiln-agent-it/arm:{{.Run.ID}} --no-cache .\n  - id: run\n    cmd: kiln-agent-it/arm:{{.Run.ID}} uname -m\n";
+    let out = run_task(
+        &unique_run_id("ita"),
+        task,
+        &digest,
+        ("linux", "arm64"),
+        true,
+    )
+    .await;
+    assert_eq!(
+        out.status,
+        RunStatus::Succeeded,
+        "{}\n{}",
+        out.reason,
+        out.log
+    );
+    assert!(out.log.matches("aarch64").count() >= 2, "{}", out.log);
+}
