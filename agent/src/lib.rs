@@ -12,6 +12,7 @@ pub mod cmdline;
 pub mod config;
 pub mod executor;
 pub mod logs;
+pub mod platform_gate;
 pub mod platforms;
 pub mod reports;
 pub mod runner;
@@ -83,6 +84,8 @@ pub async fn run_with<R: ContainerRuntime, B: BlobStore>(
         blobs,
         reports,
         work_dir: config.work_dir.clone(),
+        name_scope: config.agent_id.clone(),
+        platform_gate: Default::default(),
     });
     session::run(config, platforms, env, reports_rx, shutdown).await;
     Ok(())

@@ -21,6 +21,7 @@ use crate::blobs::BlobStore;
 use crate::cmdline::{self, CmdFlags};
 use crate::executor::{BuildSpec, ContainerRuntime, ContainerSpec, RuntimeError};
 use crate::logs::StepLog;
+use crate::platform_gate::PlatformGate;
 use crate::platforms::platform_string;
 use crate::reports::{Report, ReportSender};
 use crate::task::{self, BuildStep, CmdStep, Plan, PushStep, Step, StepKind};
@@ -40,6 +41,12 @@ pub struct RunnerEnv<R, B> {
     pub reports: ReportSender,
     /// The agent's work directory; runs live in `<work_dir>/runs/<run id>`.
     pub work_dir: PathBuf,
+    /// Goes into the names of the containers and networks a run creates (`kiln-<scope>-<run>-<step>`),
+    /// so that agents of different farms sharing one engine never collide: run ids are only
+    /// unique within one coordinator. Empty for no scope.
+    pub name_scope: String,
+    /// Keeps pulls and builds for different platforms apart (see `platform_gate`).
+    pub platform_gate: PlatformGate,
 }
 
 /// The report sent for a run whose task died unexpectedly.
@@ -141,16 +148,22 @@ async fn execute_in<R: ContainerRuntime, B: BlobStore>(
         }))
         .await;
 
+    let resource_key = if env.name_scope.is_empty() {
+        run_id.to_string()
+    } else {
+        format!("{}-{run_id}", env.name_scope)
+    };
     let ctx = Arc::new(RunCtx {
         env: Arc::clone(env),
         run_id: run_id.to_string(),
+        resource_key: resource_key.clone(),
         registry: request.registry.clone(),
         run_dir: run_dir.to_path_buf(),
         workspace: workspace.clone(),
         platform: platform_string(&platform),
         emulated: assignment.emulated,
-        networks: run_networks(run_id, &plan),
-        default_network: format!("kiln-{}", safe_name(run_id)),
+        networks: run_networks(&resource_key, &plan),
+        default_network: format!("kiln-{}", safe_name(&resource_key)),
         plan_default_network: plan.default_network.clone(),
         containers: Mutex::new(Vec::new()),
         stop: Mutex::new(None),
@@ -318,6 +331,8 @@ enum StepState {
 struct RunCtx<R, B> {
     env: Arc<RunnerEnv<R, B>>,
     run_id: String,
+    /// The run id with the agent's name scope: what docker resource names are made from.
+    resource_key: String,
     registry: String,
     run_dir: PathBuf,
     workspace: PathBuf,
@@ -640,10 +655,14 @@ async fn cmd_step<R: ContainerRuntime, B: BlobStore>(
         .platform
         .clone()
         .unwrap_or_else(|| ctx.platform.clone());
-    let ensure = ctx
-        .env
-        .runtime
-        .ensure_image(&spec.image, Some(&platform), step.pull, log);
+    let pass = ctx.env.platform_gate.enter(&platform);
+    let ensure = async {
+        let _pass = pass.await;
+        ctx.env
+            .runtime
+            .ensure_image(&spec.image, Some(&platform), step.pull, log)
+            .await
+    };
     match cancellable(ensure, token).await {
         None => return Err(ctx.stopped_fail()),
         Some(Err(error)) => return Err(Fail::runtime(&error)),
@@ -652,7 +671,7 @@ async fn cmd_step<R: ContainerRuntime, B: BlobStore>(
     if ctx.emulated || flags.platform.is_some() {
         spec.platform = Some(platform);
     }
-    let base_name = container_name(&ctx.run_id, &step.id);
+    let base_name = container_name(&ctx.resource_key, &step.id);
     if step.detach {
         spec.name = base_name;
         ctx.track(&spec.name, step.keep);
@@ -743,6 +762,8 @@ struct BuildAttempt<R, B> {
 
 impl<R: ContainerRuntime, B: BlobStore> Attempt for BuildAttempt<R, B> {
     async fn run(&self, _n: usize, log: &mut StepLog) -> Result<(), Fail> {
+        let platform = self.spec.platform.as_deref().unwrap_or(&self.ctx.platform);
+        let _pass = self.ctx.env.platform_gate.enter(platform).await;
         self.ctx
             .env
             .runtime
@@ -1049,7 +1070,7 @@ impl<R: ContainerRuntime, B: BlobStore> RunCtx<R, B> {
         let mut binds = vec![format!("{}:{}", self.workspace.display(), WORKSPACE_MOUNT)];
         binds.extend(flags.volumes.iter().cloned());
         ContainerSpec {
-            name: container_name(&self.run_id, &step.id),
+            name: container_name(&self.resource_key, &step.id),
             image: image.to_string(),
             args,
             entrypoint,

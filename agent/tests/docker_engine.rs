@@ -80,6 +80,8 @@ async fn run_task(
         .expect("connect to the Docker Engine");
     let (reports, mut rx) = report_channel(64);
     let env = Arc::new(RunnerEnv {
+        name_scope: "kiln-agent-it".to_string(),
+        platform_gate: Default::default(),
         runtime,
         blobs: RegistryBlobStore,
         reports,

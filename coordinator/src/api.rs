@@ -467,9 +467,12 @@ impl Api {
     }
 }
 
+type OkStream<S> =
+    futures::stream::Map<S, fn(<S as Stream>::Item) -> Result<<S as Stream>::Item, Status>>;
+
 /// Wraps stream items in `Ok` for tonic.
 trait MapOk: Stream + Sized {
-    fn map_ok(self) -> futures::stream::Map<Self, fn(Self::Item) -> Result<Self::Item, Status>> {
+    fn map_ok(self) -> OkStream<Self> {
         futures::StreamExt::map(self, Ok)
     }
 }

@@ -33,9 +33,9 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Builds an image from a context directory and pushes it (like `az acr build`).
-    Build(build::BuildArgs),
+    Build(Box<build::BuildArgs>),
     /// Runs a task file or a single container (like `az acr run`).
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// Lists, shows and cancels runs.
     #[command(subcommand)]
     Runs(runs::RunsCommand),
@@ -45,7 +45,7 @@ enum Command {
     Agents,
     /// Validates, renders and plans task files offline (no farm needed).
     #[command(subcommand)]
-    Task(task::TaskCommand),
+    Task(Box<task::TaskCommand>),
 }
 
 fn main() -> ExitCode {
@@ -64,12 +64,12 @@ fn main() -> ExitCode {
     let coordinator = cli.coordinator;
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Build(args) => build::run(&coordinator, args).await,
-            Command::Run(args) => run::run(&coordinator, args).await,
+            Command::Build(args) => build::run(&coordinator, *args).await,
+            Command::Run(args) => run::run(&coordinator, *args).await,
             Command::Runs(command) => runs::run(&coordinator, command).await,
             Command::Logs(args) => logs::run(&coordinator, args).await,
             Command::Agents => commands::agents::run(&coordinator).await,
-            Command::Task(command) => task::run(command),
+            Command::Task(command) => task::run(*command),
         }
     });
     match result {

@@ -1,1 +1,279 @@
-//! End-to-end test support.
+//! Test support for the end-to-end suite: starts a real coordinator and agent as processes and
+//! runs the real `kiln` CLI against them.
+//!
+//! The Docker Engine, the registry with `base/busybox` and the QEMU handlers are started by the
+//! test command (`test.sh` → `deploy/local/infra.sh start`); this harness needs:
+//! - `KILN_BIN_DIR`: where `kiln`, `kiln-coordinator` and `kiln-agent` are;
+//! - `DOCKER_HOST`: the engine's socket (`unix://…`);
+//! - `KILN_REGISTRY`: the registry (`127.0.0.1:5000`).
+//!
+//! A missing prerequisite fails the test with a message saying what to start; nothing is skipped.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// How long the harness waits for a process to come up or a run to reach a state.
+pub const DEADLINE: Duration = Duration::from_secs(300);
+
+pub struct Farm {
+    pub dir: tempfile::TempDir,
+    pub bin_dir: PathBuf,
+    pub registry: String,
+    pub docker_host: String,
+    pub address: String,
+    pub agent_id: String,
+    port: u16,
+    coordinator: Option<Child>,
+    agent: Option<Child>,
+}
+
+/// A name unique to this test invocation, so repositories never collide across tests or runs.
+pub fn unique(prefix: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{prefix}-{}-{}", std::process::id(), nanos % 1_000_000_000)
+}
+
+fn required_env(name: &str) -> String {
+    match std::env::var(name) {
+        Ok(value) if !value.is_empty() => value,
+        _ => panic!(
+            "{name} is not set: run the end-to-end tests through ./test.sh, which starts the Docker Engine, the registry and QEMU and builds the binaries"
+        ),
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .expect("a free loopback port")
+}
+
+impl Farm {
+    /// Starts a coordinator and one agent with state in a fresh temporary directory.
+    pub fn start() -> Self {
+        let bin_dir = PathBuf::from(required_env("KILN_BIN_DIR"));
+        for binary in ["kiln", "kiln-coordinator", "kiln-agent"] {
+            assert!(
+                bin_dir.join(binary).is_file(),
+                "{} is missing: build the binaries first (./test.sh does)",
+                bin_dir.join(binary).display()
+            );
+        }
+        let port = free_port();
+        let mut farm = Self {
+            dir: tempfile::tempdir().expect("a temporary directory"),
+            bin_dir,
+            registry: required_env("KILN_REGISTRY"),
+            docker_host: required_env("DOCKER_HOST"),
+            address: format!("http://127.0.0.1:{port}"),
+            agent_id: unique("agent"),
+            port,
+            coordinator: None,
+            agent: None,
+        };
+        farm.start_coordinator();
+        farm.start_agent();
+        farm
+    }
+
+    fn log_file(&self, name: &str) -> std::fs::File {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("{name}.log")))
+            .expect("a log file in the temporary directory")
+    }
+
+    pub fn start_coordinator(&mut self) {
+        let child = Command::new(self.bin_dir.join("kiln-coordinator"))
+            .args(["--listen", &format!("127.0.0.1:{}", self.port)])
+            .arg("--data-dir")
+            .arg(self.dir.path().join("coordinator"))
+            .args(["--registry", &self.registry])
+            .stdout(self.log_file("coordinator"))
+            .stderr(self.log_file("coordinator"))
+            .spawn()
+            .expect("kiln-coordinator starts");
+        self.coordinator = Some(child);
+        self.wait_for("the coordinator to answer", || {
+            self.kiln(&["agents"]).status.success()
+        });
+    }
+
+    /// Stops the coordinator with SIGTERM and waits for it to exit.
+    pub fn stop_coordinator(&mut self) {
+        if let Some(child) = self.coordinator.take() {
+            terminate(child);
+        }
+    }
+
+    pub fn start_agent(&mut self) {
+        let child = Command::new(self.bin_dir.join("kiln-agent"))
+            .args(["--coordinator", &self.address])
+            .args(["--docker-host", &self.docker_host])
+            .arg("--work-dir")
+            .arg(self.dir.path().join("agent"))
+            .args(["--agent-id", &self.agent_id])
+            .stdout(self.log_file("agent"))
+            .stderr(self.log_file("agent"))
+            .spawn()
+            .expect("kiln-agent starts");
+        self.agent = Some(child);
+        let agent_id = self.agent_id.clone();
+        self.wait_for("the agent to connect", || {
+            String::from_utf8_lossy(&self.kiln(&["agents"]).stdout).contains(&agent_id)
+        });
+    }
+
+    pub fn stop_agent(&mut self) {
+        if let Some(child) = self.agent.take() {
+            terminate(child);
+        }
+        let agent_id = self.agent_id.clone();
+        self.wait_for("the agent to disconnect", || {
+            !String::from_utf8_lossy(&self.kiln(&["agents"]).stdout).contains(&agent_id)
+        });
+    }
+
+    /// Runs the `kiln` CLI against this farm.
+    pub fn kiln(&self, args: &[&str]) -> Output {
+        self.kiln_in(Path::new("."), args)
+    }
+
+    pub fn kiln_in(&self, dir: &Path, args: &[&str]) -> Output {
+        Command::new(self.bin_dir.join("kiln"))
+            .args(args)
+            .current_dir(dir)
+            .env("KILN_COORDINATOR", &self.address)
+            .stdin(Stdio::null())
+            .output()
+            .expect("the kiln CLI runs")
+    }
+
+    /// Polls `condition` until it holds, failing the test (with the farm's logs) at the deadline.
+    pub fn wait_for(&self, what: &str, mut condition: impl FnMut() -> bool) {
+        let start = Instant::now();
+        let mut pause = Duration::from_millis(50);
+        while !condition() {
+            if start.elapsed() > DEADLINE {
+                panic!("timed out waiting for {what}\n{}", self.logs());
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_secs(1));
+        }
+    }
+
+    /// The coordinator's and agent's logs, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for name in ["coordinator", "agent"] {
+            let text = std::fs::read_to_string(self.dir.path().join(format!("{name}.log")))
+                .unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(60).collect();
+            out.push_str(&format!("--- {name} log (last lines) ---\n"));
+            for line in tail.into_iter().rev() {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    /// A `kiln runs show` field, e.g. `Status:`.
+    pub fn run_field(&self, run_id: &str, field: &str) -> String {
+        let output = self.kiln(&["runs", "show", run_id]);
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .find_map(|line| line.strip_prefix(field).map(|rest| rest.trim().to_string()))
+            .unwrap_or_default()
+    }
+
+    pub fn registry_client(&self) -> kiln_registry::Registry {
+        kiln_registry::Registry::new(&self.registry).expect("a valid registry address")
+    }
+}
+
+impl Drop for Farm {
+    fn drop(&mut self) {
+        if let Some(child) = self.agent.take() {
+            terminate(child);
+        }
+        if let Some(child) = self.coordinator.take() {
+            terminate(child);
+        }
+    }
+}
+
+fn terminate(mut child: Child) {
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(20) {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Text of a command's stdout and stderr together, for assertions and failure messages.
+pub fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// The run id printed by `kiln build`/`kiln run` ("Queued a build with ID: ca1").
+pub fn run_id(output: &Output) -> String {
+    text(output)
+        .lines()
+        .find_map(|line| {
+            line.split("with ID: ")
+                .nth(1)
+                .map(|id| id.trim().to_string())
+        })
+        .unwrap_or_else(|| panic!("no run id in the output:\n{}", text(output)))
+}
+
+/// The `Pushed: image@digest` lines of a run's summary.
+pub fn pushed(output: &Output) -> Vec<(String, String)> {
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| line.strip_prefix("Pushed: "))
+        .filter_map(|rest| rest.rsplit_once('@'))
+        .map(|(image, digest)| (image.to_string(), digest.to_string()))
+        .collect()
+}
+
+/// Writes `files` (path, contents) under a new temporary directory.
+pub fn context(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    for (path, contents) in files {
+        let full = dir.path().join(path);
+        if let Some(parent) = full.parent() {
+            std::fs::create_dir_all(parent).expect("a context subdirectory");
+        }
+        std::fs::write(full, contents).expect("a context file");
+    }
+    dir
+}
+
+/// Runs a future on a small runtime (the registry client is async).
+pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+        .block_on(future)
+}

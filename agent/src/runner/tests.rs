@@ -134,6 +134,8 @@ async fn run_with(
     let dir = tempfile::tempdir().expect("tempdir");
     let (reports, mut rx) = report_channel(16);
     let env = Arc::new(RunnerEnv {
+        name_scope: String::new(),
+        platform_gate: Default::default(),
         runtime,
         blobs,
         reports,
@@ -597,6 +599,8 @@ async fn invalid_task_files_end_in_error_with_diagnostics() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (reports, mut rx) = report_channel(16);
     let env = Arc::new(RunnerEnv {
+        name_scope: String::new(),
+        platform_gate: Default::default(),
         runtime: FakeRuntime::new(),
         blobs: FakeBlobs::default(),
         reports,
@@ -636,6 +640,8 @@ async fn rendered_task_files_run_with_run_variables() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (reports, mut rx) = report_channel(64);
     let env = Arc::new(RunnerEnv {
+        name_scope: String::new(),
+        platform_gate: Default::default(),
         runtime: FakeRuntime::new(),
         blobs: FakeBlobs::default(),
         reports,

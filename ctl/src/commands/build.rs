@@ -68,6 +68,7 @@ pub struct BuildArgs {
 }
 
 pub async fn run(coordinator: &str, args: BuildArgs) -> anyhow::Result<ExitCode> {
+    let platform = PlatformSpec::parse(&args.platform).map_err(anyhow::Error::msg)?;
     if !args.context.is_dir() {
         bail!(
             "context directory '{}' does not exist or is not a directory",
@@ -92,7 +93,6 @@ pub async fn run(coordinator: &str, args: BuildArgs) -> anyhow::Result<ExitCode>
     if args.timeout == 0 {
         bail!("--timeout must be at least 1 second");
     }
-    let platform = PlatformSpec::parse(&args.platform).map_err(anyhow::Error::msg)?;
     submit::parse_pairs("--build-arg", &args.build_args)?;
 
     let mut client = client::connect(coordinator).await?;

@@ -251,14 +251,14 @@ fn random_command(rng: &mut Lcg) -> Command {
     let status = (rng.next() % 12) as i32 - 1;
     let kind = match rng.next() % 8 {
         0 => command::Kind::SubmitRun(SubmitRun {
-            request: (rng.next() % 4 != 0)
+            request: (!rng.next().is_multiple_of(4))
                 .then(|| request(rng.pick(&["linux/amd64", "linux/arm64", "linux/arm"]))),
         }),
         1 => command::Kind::AssignRun(AssignRun {
             run_id,
             agent_id: rng.pick(&["a1", "a2", ""]).to_string(),
             agent_platform: None,
-            emulated: rng.next() % 2 == 0,
+            emulated: rng.next().is_multiple_of(2),
         }),
         2 => command::Kind::PlanRun(PlanRun {
             run_id,
@@ -270,7 +270,7 @@ fn random_command(rng: &mut Lcg) -> Command {
             run_id,
             step_id,
             status,
-            has_exit_code: rng.next() % 2 == 0,
+            has_exit_code: rng.next().is_multiple_of(2),
             exit_code: rng.next() as i32,
             reason: "x".repeat((rng.next() % 5000) as usize),
             log_digest: String::new(),
@@ -294,7 +294,7 @@ fn random_command(rng: &mut Lcg) -> Command {
     };
     Command {
         at_ms: rng.next(),
-        kind: (rng.next() % 20 != 0).then_some(kind),
+        kind: (!rng.next().is_multiple_of(20)).then_some(kind),
     }
 }
 
