@@ -321,7 +321,11 @@ impl ContainerRuntime for DockerRuntime {
                         if let Some(found) = digest_from_status(&status) {
                             digest = Some(found);
                         }
-                        log.line(&status).await;
+                        // Per-layer progress ticks are noise in a log (the engine's push
+                        // messages carry no layer id here); keep each layer's outcome.
+                        if !matches!(status.as_str(), "Preparing" | "Waiting" | "Pushing") {
+                            log.line(&status).await;
+                        }
                     }
                 }
                 Err(e) => {
