@@ -58,7 +58,15 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     };
     let runtime = DockerRuntime::connect(&config.docker_host, &config.work_dir.join("scratch"))
         .await
-        .map_err(docker_error)?;
+        .map_err(docker_error)?
+        .owned_by(&config.agent_id);
+    let removed = runtime.remove_leftovers().await.map_err(docker_error)?;
+    if removed > 0 {
+        tracing::warn!(
+            removed,
+            "removed containers and networks a previous run of this agent left behind"
+        );
+    }
     let native = runtime.engine_platform().await.map_err(docker_error)?;
     let platforms = platforms::detect(&native, &config.binfmt_dir);
     tracing::info!(

@@ -19,8 +19,9 @@ use crate::agents::Agents;
 use crate::logs::LogHub;
 use crate::raft_node::{now_ms, RaftHandle};
 
-/// How long a run may stay assigned to an agent that is not connected before it ends in Error.
-pub const AGENT_GRACE: Duration = Duration::from_secs(30);
+/// How long a run may stay assigned to an agent that is not connected before it ends in Error,
+/// unless configured otherwise.
+pub const DEFAULT_AGENT_GRACE: Duration = Duration::from_secs(30);
 /// How long a connected agent may not know a run assigned to it before that run ends in Error.
 const UNKNOWN_RUN_GRACE: Duration = Duration::from_secs(15);
 /// Runs get this long past their own timeout for the agent to report Timeout itself.
@@ -35,6 +36,8 @@ pub struct Control {
     pub agents: Arc<Agents>,
     pub logs: Arc<LogHub>,
     pub started: Instant,
+    /// How long a run waits for its disconnected agent to come back.
+    pub agent_grace: Duration,
 }
 
 impl Control {
@@ -148,11 +151,11 @@ impl Control {
             }
             Err(gone_since) => {
                 let since = gone_since.unwrap_or(self.started);
-                if since.elapsed() > AGENT_GRACE {
+                if since.elapsed() > self.agent_grace {
                     let reason = format!(
                         "agent {} disconnected mid-run and did not come back within {}s",
                         run.agent_id,
-                        AGENT_GRACE.as_secs()
+                        self.agent_grace.as_secs()
                     );
                     self.finish(&run.id, RunStatus::Error, reason).await;
                     return;

@@ -36,6 +36,8 @@ pub struct Config {
     /// Registry host runs push to by default, and where contexts and logs are stored.
     pub registry: String,
     pub node_id: u64,
+    /// How long a run waits for its agent to reconnect before it ends in Error.
+    pub agent_grace: std::time::Duration,
 }
 
 /// Runs the coordinator until `shutdown` is cancelled.
@@ -72,6 +74,7 @@ pub async fn serve(
         agents: agents.clone(),
         logs: logs.clone(),
         started: Instant::now(),
+        agent_grace: config.agent_grace,
     };
     tasks.spawn(control.run(shutdown.child_token()));
 

@@ -24,6 +24,10 @@ struct Args {
     /// This coordinator's Raft node id.
     #[arg(long, default_value_t = 1)]
     node_id: u64,
+    /// Seconds a run waits for its agent to reconnect after a disconnect (or a coordinator
+    /// restart) before it ends in Error.
+    #[arg(long, default_value_t = kiln_coordinator::control::DEFAULT_AGENT_GRACE.as_secs())]
+    agent_grace_seconds: u64,
 }
 
 #[tokio::main]
@@ -46,6 +50,7 @@ async fn main() -> std::process::ExitCode {
         data_dir: args.data_dir,
         registry: args.registry,
         node_id: args.node_id,
+        agent_grace: std::time::Duration::from_secs(args.agent_grace_seconds),
     };
     match kiln_coordinator::run(config, shutdown).await {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -16,6 +16,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// How long the harness waits for a process to come up or a run to reach a state.
 pub const DEADLINE: Duration = Duration::from_secs(300);
+/// The coordinators' grace period for a vanished agent, short so tests need not wait 30 s.
+pub const AGENT_GRACE_SECONDS: u64 = 3;
 
 pub struct Farm {
     pub dir: tempfile::TempDir,
@@ -95,6 +97,7 @@ impl Farm {
             .arg("--data-dir")
             .arg(self.dir.path().join("coordinator"))
             .args(["--registry", &self.registry])
+            .args(["--agent-grace-seconds", &AGENT_GRACE_SECONDS.to_string()])
             .stdout(self.log_file("coordinator"))
             .stderr(self.log_file("coordinator"))
             .spawn()
@@ -128,6 +131,14 @@ impl Farm {
         self.wait_for("the agent to connect", || {
             String::from_utf8_lossy(&self.kiln(&["agents"]).stdout).contains(&agent_id)
         });
+    }
+
+    /// Kills the agent with SIGKILL: no goodbye, no cleanup, like a crashed machine.
+    pub fn kill_agent(&mut self) {
+        if let Some(mut child) = self.agent.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 
     pub fn stop_agent(&mut self) {
@@ -191,6 +202,34 @@ impl Farm {
             .lines()
             .find_map(|line| line.strip_prefix(field).map(|rest| rest.trim().to_string()))
             .unwrap_or_default()
+    }
+
+    /// Names of the engine's containers (running or not) whose name contains `fragment`.
+    pub fn containers(&self, fragment: &str) -> Vec<String> {
+        let output = Command::new("docker")
+            .args(["ps", "--all", "--format", "{{.Names}}"])
+            .env("DOCKER_HOST", &self.docker_host)
+            .output()
+            .expect("the docker CLI runs (installed with docker.io)");
+        assert!(
+            output.status.success(),
+            "docker ps failed: {}",
+            text(&output)
+        );
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter(|name| name.contains(fragment))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Waits until a step of the run is Running (its container has started).
+    pub fn wait_for_running_step(&self, run_id: &str) {
+        self.wait_for("a step to be running", || {
+            let show = text(&self.kiln(&["runs", "show", run_id]));
+            show.lines()
+                .any(|line| line.starts_with("  ") && line.contains("Running"))
+        });
     }
 
     pub fn registry_client(&self) -> kiln_registry::Registry {

@@ -323,3 +323,65 @@ fn bad_input_gets_one_line_errors_and_a_non_zero_exit() {
         String::from_utf8_lossy(&unreachable.stderr).contains("cannot reach the kiln coordinator")
     );
 }
+
+#[test]
+fn cancel_stops_a_running_run_and_removes_its_container() {
+    let farm = Farm::start();
+    let cmd = format!("{}/base/busybox:latest sleep 300", farm.registry);
+    let queued = farm.kiln(&["run", "--no-wait", "--cmd", &cmd, "/dev/null"]);
+    assert!(queued.status.success(), "{}", text(&queued));
+    let id = run_id(&queued);
+    farm.wait_for_running_step(&id);
+    let container = format!("{}-{id}-", farm.agent_id);
+    assert_eq!(farm.containers(&container).len(), 1);
+    let cancel = farm.kiln(&["runs", "cancel", &id]);
+    assert!(cancel.status.success(), "{}", text(&cancel));
+    farm.wait_for("the run to be canceled", || {
+        farm.run_field(&id, "Status:") == "Canceled"
+    });
+    farm.wait_for("the container to be removed", || {
+        farm.containers(&container).is_empty()
+    });
+    let again = farm.kiln(&["runs", "cancel", &id]);
+    assert!(!again.status.success());
+    assert!(
+        text(&again).contains("already finished: Canceled"),
+        "{}",
+        text(&again)
+    );
+}
+
+#[test]
+fn a_run_past_its_timeout_ends_timeout() {
+    let farm = Farm::start();
+    let cmd = format!("{}/base/busybox:latest sleep 120", farm.registry);
+    let output = farm.kiln(&["run", "--timeout", "3", "--cmd", &cmd, "/dev/null"]);
+    assert!(!output.status.success(), "{}", text(&output));
+    assert!(
+        text(&output).contains("Status: Timeout"),
+        "{}\n{}",
+        text(&output),
+        farm.logs()
+    );
+}
+
+#[test]
+fn a_run_whose_agent_vanishes_ends_in_error_with_the_reason() {
+    let mut farm = Farm::start();
+    let cmd = format!("{}/base/busybox:latest sleep 300", farm.registry);
+    let queued = farm.kiln(&["run", "--no-wait", "--cmd", &cmd, "/dev/null"]);
+    let id = run_id(&queued);
+    farm.wait_for_running_step(&id);
+    farm.kill_agent();
+    farm.wait_for("the run to end in Error", || {
+        farm.run_field(&id, "Status:") == "Error"
+    });
+    let reason = farm.run_field(&id, "Reason:");
+    assert!(reason.contains("disconnected mid-run"), "{reason}");
+    // The agent's next start removes what its killed predecessor left behind.
+    farm.start_agent();
+    let container = format!("{}-{id}-", farm.agent_id);
+    farm.wait_for("the orphaned container to be removed", || {
+        farm.containers(&container).is_empty()
+    });
+}

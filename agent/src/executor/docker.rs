@@ -15,8 +15,8 @@ use bollard::models::{
 };
 use bollard::query_parameters::{
     BuildImageOptionsBuilder, CreateContainerOptionsBuilder, CreateImageOptionsBuilder,
-    LogsOptionsBuilder, PushImageOptionsBuilder, RemoveContainerOptionsBuilder,
-    TagImageOptionsBuilder,
+    ListContainersOptionsBuilder, ListNetworksOptionsBuilder, LogsOptionsBuilder,
+    PushImageOptionsBuilder, RemoveContainerOptionsBuilder, TagImageOptionsBuilder,
 };
 use bollard::Docker;
 use futures::StreamExt;
@@ -37,7 +37,13 @@ pub struct DockerRuntime {
     docker: Docker,
     /// Where build-context tarballs are staged before upload.
     scratch_dir: PathBuf,
+    /// The agent whose containers and networks these are: every one gets the label
+    /// `OWNER_LABEL=<owner>`, so a restarted agent can find what a crashed one left behind.
+    owner: String,
 }
+
+/// Label on every container and network an agent creates, naming the agent.
+pub const OWNER_LABEL: &str = "kiln.agent";
 
 impl DockerRuntime {
     /// Connects to `host` (`unix:///…` or `tcp://…`) and negotiates the API version.
@@ -52,7 +58,68 @@ impl DockerRuntime {
         Ok(DockerRuntime {
             docker,
             scratch_dir: scratch_dir.to_path_buf(),
+            owner: String::new(),
         })
+    }
+
+    /// Labels what this runtime creates as belonging to agent `owner`.
+    pub fn owned_by(mut self, owner: &str) -> Self {
+        self.owner = owner.to_string();
+        self
+    }
+
+    fn owner_labels(&self) -> Option<HashMap<String, String>> {
+        (!self.owner.is_empty())
+            .then(|| HashMap::from([(OWNER_LABEL.to_string(), self.owner.clone())]))
+    }
+
+    /// Removes the containers and networks a previous process of this agent left behind (it
+    /// crashed or was killed mid-run; the coordinator has already ended those runs). Returns how
+    /// many were removed.
+    pub async fn remove_leftovers(&self) -> Result<usize, RuntimeError> {
+        if self.owner.is_empty() {
+            return Ok(0);
+        }
+        let filter = HashMap::from([("label", vec![format!("{OWNER_LABEL}={}", self.owner)])]);
+        let containers = self
+            .docker
+            .list_containers(Some(
+                ListContainersOptionsBuilder::default()
+                    .all(true)
+                    .filters(&filter)
+                    .build(),
+            ))
+            .await
+            .map_err(engine)?;
+        let mut removed = 0;
+        for container in containers {
+            let Some(id) = container.id else { continue };
+            let options = RemoveContainerOptionsBuilder::default().force(true).build();
+            if self
+                .docker
+                .remove_container(&id, Some(options))
+                .await
+                .is_ok()
+            {
+                removed += 1;
+            }
+        }
+        let networks = self
+            .docker
+            .list_networks(Some(
+                ListNetworksOptionsBuilder::default()
+                    .filters(&filter)
+                    .build(),
+            ))
+            .await
+            .map_err(engine)?;
+        for network in networks {
+            let Some(id) = network.id else { continue };
+            if self.docker.remove_network(&id).await.is_ok() {
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
 
     async fn create(&self, spec: &ContainerSpec) -> Result<(), RuntimeError> {
@@ -99,6 +166,7 @@ impl DockerRuntime {
             attach_stdout: Some(true),
             attach_stderr: Some(true),
             exposed_ports: (!exposed.is_empty()).then_some(exposed),
+            labels: self.owner_labels(),
             host_config: Some(HostConfig {
                 binds: Some(spec.binds.clone()),
                 network_mode: spec.network.clone(),
@@ -202,6 +270,7 @@ impl ContainerRuntime for DockerRuntime {
         let request = NetworkCreateRequest {
             name: name.to_string(),
             driver: Some("bridge".to_string()),
+            labels: self.owner_labels(),
             ..Default::default()
         };
         match self.docker.create_network(request).await {
