@@ -157,7 +157,7 @@ async fn execute_in<R: ContainerRuntime, B: BlobStore>(
         env: Arc::clone(env),
         run_id: run_id.to_string(),
         resource_key: resource_key.clone(),
-        registry: request.registry.clone(),
+        registry: storage_registry(&request).to_string(),
         run_dir: run_dir.to_path_buf(),
         workspace: workspace.clone(),
         platform: platform_string(&platform),
@@ -170,9 +170,11 @@ async fn execute_in<R: ContainerRuntime, B: BlobStore>(
     });
 
     if !request.context_digest.is_empty() {
-        let fetch = env
-            .blobs
-            .fetch_context(&request.registry, &request.context_digest, &workspace);
+        let fetch = env.blobs.fetch_context(
+            storage_registry(&request),
+            &request.context_digest,
+            &workspace,
+        );
         let fetched = tokio::select! {
             result = fetch => Some(result),
             _ = cancel.cancelled() => None,
@@ -262,6 +264,16 @@ fn render(
         request.task_file_name.as_str()
     };
     task::render(file_name, &request.task_yaml, &inputs)
+}
+
+/// The registry holding the run's context and step logs: the farm's, which may differ from the
+/// registry the run pushes to (`Run.Registry`).
+fn storage_registry(request: &RunRequest) -> &str {
+    if request.storage_registry.is_empty() {
+        &request.registry
+    } else {
+        &request.storage_registry
+    }
 }
 
 /// Docker network names for the plan's networks: the task's own ones are made per-run so that

@@ -94,6 +94,8 @@ impl Control for Api {
         if run_request.registry.is_empty() {
             run_request.registry = self.registry.host().to_string();
         }
+        // Contexts and logs always live in the farm's registry, whatever the run pushes to.
+        run_request.storage_registry = self.registry.host().to_string();
         let platform = PlatformSpec::from_pb(run_request.platform.as_ref())
             .map_err(Status::invalid_argument)?;
         run_request.platform = Some(platform.to_pb());

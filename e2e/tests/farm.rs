@@ -385,3 +385,37 @@ fn a_run_whose_agent_vanishes_ends_in_error_with_the_reason() {
         farm.containers(&container).is_empty()
     });
 }
+
+#[test]
+fn a_push_the_registry_refuses_fails_the_run_with_the_reason() {
+    let farm = Farm::start();
+    let ctx = context(&[("Dockerfile", &dockerfile(&farm.registry, "RUN true"))]);
+    // Nothing listens on port 1: the context still goes to the farm's registry, the push fails.
+    let output = farm.kiln(&[
+        "build",
+        "-r",
+        "127.0.0.1:1",
+        "-t",
+        "refused:v1",
+        ctx.path().to_str().unwrap(),
+    ]);
+    assert!(!output.status.success(), "{}", text(&output));
+    let id = run_id(&output);
+    assert!(
+        text(&output).contains("Status: Failed"),
+        "{}",
+        text(&output)
+    );
+    let show = text(&farm.kiln(&["runs", "show", &id]));
+    let push_line = show
+        .lines()
+        .find(|l| l.trim_start().starts_with("push"))
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        push_line.contains("Failed") && push_line.contains("127.0.0.1:1"),
+        "{show}"
+    );
+    // The build step's log was stored in the farm's registry and reads back.
+    assert!(text(&farm.kiln(&["logs", &id])).contains("Successfully tagged 127.0.0.1:1/refused:v1"));
+}

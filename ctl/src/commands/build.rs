@@ -96,8 +96,11 @@ pub async fn run(coordinator: &str, args: BuildArgs) -> anyhow::Result<ExitCode>
     submit::parse_pairs("--build-arg", &args.build_args)?;
 
     let mut client = client::connect(coordinator).await?;
-    let registry = submit::registry_for(&mut client, args.registry.as_deref()).await?;
-    let context_digest = submit::upload_context(&args.context, Some(&args.file), &registry).await?;
+    let submit::Registries {
+        push: registry,
+        farm,
+    } = submit::registries(&mut client, args.registry.as_deref()).await?;
+    let context_digest = submit::upload_context(&args.context, Some(&args.file), &farm).await?;
     let task_yaml = kiln_taskfile::quick_build_task(&QuickBuild {
         tags: args.images,
         dockerfile: args.file.to_string_lossy().into_owned(),

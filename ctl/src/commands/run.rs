@@ -93,7 +93,10 @@ pub async fn run(coordinator: &str, args: RunArgs) -> anyhow::Result<ExitCode> {
     }
 
     let mut client = client::connect(coordinator).await?;
-    let registry = submit::registry_for(&mut client, args.registry.as_deref()).await?;
+    let submit::Registries {
+        push: registry,
+        farm,
+    } = submit::registries(&mut client, args.registry.as_deref()).await?;
     // Check the task file here, so mistakes show at once with their line and column; the agent
     // renders it again with the real run id.
     let inputs = Inputs {
@@ -118,7 +121,7 @@ pub async fn run(coordinator: &str, args: RunArgs) -> anyhow::Result<ExitCode> {
     let context_digest = if no_context {
         String::new()
     } else {
-        submit::upload_context(&args.context, None, &registry).await?
+        submit::upload_context(&args.context, None, &farm).await?
     };
     let request = RunRequest {
         secret_names: kiln_taskfile::declared_secrets(&file_name, &task_yaml),

@@ -25,17 +25,27 @@ pub struct Follow {
     pub wait: bool,
 }
 
-/// The registry the run uses: the one given, else the farm's default.
-pub async fn registry_for(client: &mut Client, given: Option<&str>) -> anyhow::Result<String> {
-    if let Some(registry) = given {
-        return Ok(registry.trim_end_matches('/').to_string());
-    }
+/// The registries of a run: where it pushes (the one given, else the farm's) and the farm's
+/// own, which holds contexts and logs.
+pub struct Registries {
+    pub push: String,
+    pub farm: String,
+}
+
+pub async fn registries(client: &mut Client, given: Option<&str>) -> anyhow::Result<Registries> {
     let info = client
         .get_info(GetInfoRequest {})
         .await
         .map_err(status_error)?
         .into_inner();
-    Ok(info.registry)
+    let push = match given {
+        Some(registry) => registry.trim_end_matches('/').to_string(),
+        None => info.registry.clone(),
+    };
+    Ok(Registries {
+        push,
+        farm: info.registry,
+    })
 }
 
 /// Packs `dir` (honouring `.dockerignore`) and uploads it unless the registry already has it.
