@@ -61,7 +61,8 @@ enum Connection {
 enum Event {
     Connected(Result<Connected, String>),
     RetryDue,
-    Inbound(Result<Option<CoordinatorMessage>, tonic::Status>),
+    /// Boxed: an assignment carries a whole run request.
+    Inbound(Result<Option<Box<CoordinatorMessage>>, tonic::Status>),
     SendSlot(Result<mpsc::OwnedPermit<AgentMessage>, mpsc::error::SendError<()>>),
     Report(Option<Report>),
     RunEnded(Option<Result<(tokio::task::Id, String), tokio::task::JoinError>>),
@@ -125,7 +126,7 @@ pub async fn run<R: ContainerRuntime, B: BlobStore>(
                     let tx = tx.clone();
                     let flush_deadline = flush_deadline;
                     tokio::select! {
-                        msg = inbound.message() => Event::Inbound(msg),
+                        msg = inbound.message() => Event::Inbound(msg.map(|m| m.map(Box::new))),
                         slot = tx.reserve_owned(), if has_outgoing => Event::SendSlot(slot),
                         report = reports_rx.recv(), if want_report => Event::Report(report),
                         ended = runs.join_next_with_id(), if !runs.is_empty() => Event::RunEnded(ended),
@@ -160,9 +161,14 @@ pub async fn run<R: ContainerRuntime, B: BlobStore>(
                 conn = down_after(&mut backoff, config.reconnect_max);
             }
             Event::Inbound(Ok(Some(message))) => {
-                if let Some((task_id, run_id)) =
-                    handle_inbound(message, &env, &state, &mut active, &mut runs, shutting_down)
-                {
+                if let Some((task_id, run_id)) = handle_inbound(
+                    *message,
+                    &env,
+                    &state,
+                    &mut active,
+                    &mut runs,
+                    shutting_down,
+                ) {
                     task_runs.insert(task_id, run_id);
                 }
             }
