@@ -3,6 +3,14 @@
 
 use kiln_e2e::{block_on, context, pushed, run_id, text, unique, Farm};
 
+/// The row of `kiln runs show` output for one step.
+fn step_line(show: &str, step: &str) -> String {
+    show.lines()
+        .find(|line| line.trim_start().starts_with(step))
+        .unwrap_or_default()
+        .to_string()
+}
+
 fn dockerfile(registry: &str, body: &str) -> String {
     format!("FROM {registry}/base/busybox:latest\n{body}\n")
 }
@@ -73,11 +81,7 @@ fn a_failing_build_ends_failed_with_the_exit_code_and_no_push_pushes_nothing() {
         text(&output)
     );
     let show = text(&farm.kiln(&["runs", "show", &id]));
-    let build_line = show
-        .lines()
-        .find(|l| l.trim_start().starts_with("build"))
-        .unwrap_or_default()
-        .to_string();
+    let build_line = step_line(&show, "build");
     assert!(
         build_line.contains("Failed") && build_line.contains(" 3 "),
         "{show}"
@@ -407,11 +411,7 @@ fn a_push_the_registry_refuses_fails_the_run_with_the_reason() {
         text(&output)
     );
     let show = text(&farm.kiln(&["runs", "show", &id]));
-    let push_line = show
-        .lines()
-        .find(|l| l.trim_start().starts_with("push"))
-        .unwrap_or_default()
-        .to_string();
+    let push_line = step_line(&show, "push");
     assert!(
         push_line.contains("Failed") && push_line.contains("127.0.0.1:1"),
         "{show}"
