@@ -23,6 +23,9 @@ pub struct AgentConfig {
     /// First reconnect delay; doubled after each failed attempt up to `reconnect_max`.
     pub reconnect_initial: Duration,
     pub reconnect_max: Duration,
+    /// The file secret store (`<dir>/<vault-host>/<secret-name>`); `None`: runs that declare
+    /// secrets end in Error saying how to configure one.
+    pub secrets_dir: Option<PathBuf>,
 }
 
 impl AgentConfig {
@@ -42,6 +45,7 @@ impl AgentConfig {
             binfmt_dir: PathBuf::from(BINFMT_MISC_DIR),
             reconnect_initial: Duration::from_millis(200),
             reconnect_max: Duration::from_secs(10),
+            secrets_dir: None,
         }
     }
 

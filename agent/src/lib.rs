@@ -5,17 +5,20 @@
 //! run's ACR semantics), `executor` (`ContainerRuntime`: `docker` on bollard, `fake` for
 //! tests), `logs` (per-step capture), `reports` (report state replayed after reconnects),
 //! `blobs` (contexts and logs in the registry), `platforms` (native and QEMU platforms),
-//! `cmdline` (docker flags inside `cmd`), `config`.
+//! `cmdline` (docker flags inside `cmd`), `secrets` (resolving declared secrets), `mask`
+//! (masking their values in everything reported), `config`.
 
 pub mod blobs;
 pub mod cmdline;
 pub mod config;
 pub mod executor;
 pub mod logs;
+pub mod mask;
 pub mod platform_gate;
 pub mod platforms;
 pub mod reports;
 pub mod runner;
+pub mod secrets;
 mod session;
 pub mod task;
 
@@ -29,6 +32,7 @@ pub use crate::config::AgentConfig;
 use crate::executor::docker::DockerRuntime;
 use crate::executor::ContainerRuntime;
 use crate::runner::RunnerEnv;
+use crate::secrets::{FileSecretStore, NoSecretStore, SecretResolver};
 
 /// Reports buffered between runners and the session; a full buffer makes runners wait.
 const REPORT_BUFFER: usize = 256;
@@ -87,6 +91,10 @@ pub async fn run_with<R: ContainerRuntime, B: BlobStore>(
 ) -> Result<(), AgentError> {
     prepare_work_dir(&config).await?;
     let (reports, reports_rx) = reports::report_channel(REPORT_BUFFER);
+    let secrets: Arc<dyn SecretResolver> = match &config.secrets_dir {
+        Some(dir) => Arc::new(FileSecretStore::new(dir)),
+        None => Arc::new(NoSecretStore),
+    };
     let env = Arc::new(RunnerEnv {
         runtime,
         blobs,
@@ -94,6 +102,8 @@ pub async fn run_with<R: ContainerRuntime, B: BlobStore>(
         work_dir: config.work_dir.clone(),
         name_scope: config.agent_id.clone(),
         platform_gate: Default::default(),
+        secrets,
+        engine_socket: runner::unix_socket_path(&config.docker_host),
     });
     session::run(config, platforms, env, reports_rx, shutdown).await;
     Ok(())

@@ -1,5 +1,6 @@
 //! Per-step log capture: every byte a step produces is appended to the step's log file and
-//! sent live to the coordinator as `LogChunk`s.
+//! sent live to the coordinator as `LogChunk`s, with secret values masked in both (the masking
+//! is streaming, so a value cut across writes is masked too; see `mask`).
 //!
 //! Writers hand data to a small per-step task through a bounded queue. The task batches small
 //! writes into chunks of up to `LOG_CHUNK_BYTES` (sent at the latest `LOG_FLUSH_INTERVAL` after
@@ -16,6 +17,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use crate::mask::Masker;
 use crate::reports::{Report, ReportSender};
 
 /// Largest `LogChunk` payload sent to the coordinator.
@@ -24,6 +26,8 @@ pub const LOG_CHUNK_BYTES: usize = 16 * 1024;
 pub const LOG_FLUSH_INTERVAL: Duration = Duration::from_millis(200);
 /// Writes queued between a writer and the step's log task; a full queue makes the writer wait.
 const STEP_LOG_QUEUE: usize = 64;
+/// Most output kept for one attempt's `retryOnErrors` check (its last bytes are kept).
+pub const CAPTURE_LIMIT: usize = 1024 * 1024;
 
 /// The complete log of a finished step, on disk.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,15 +41,19 @@ pub struct LogFile {
 pub struct StepLog {
     tx: mpsc::Sender<Bytes>,
     task: JoinHandle<io::Result<LogFile>>,
+    /// Output kept since `start_capture`, unmasked, at most `CAPTURE_LIMIT` bytes.
+    capture: Option<Vec<u8>>,
 }
 
 impl StepLog {
-    /// Creates (truncates) the log file at `path` and starts the step's log task.
+    /// Creates (truncates) the log file at `path` and starts the step's log task; everything
+    /// written is masked with `masker` before it is stored or sent.
     pub async fn create(
         path: &Path,
         run_id: &str,
         step_id: &str,
         reports: ReportSender,
+        masker: Masker,
     ) -> io::Result<StepLog> {
         if let Some(parent) = path.parent() {
             tokio::fs::create_dir_all(parent).await?;
@@ -59,8 +67,24 @@ impl StepLog {
             run_id.to_string(),
             step_id.to_string(),
             reports,
+            masker,
         ));
-        Ok(StepLog { tx, task })
+        Ok(StepLog {
+            tx,
+            task,
+            capture: None,
+        })
+    }
+
+    /// Starts keeping a copy of what is written (for `retryOnErrors`), dropping an earlier one.
+    pub fn start_capture(&mut self) {
+        self.capture = Some(Vec::new());
+    }
+
+    /// Stops keeping a copy and returns what was written since `start_capture` (its last
+    /// `CAPTURE_LIMIT` bytes).
+    pub fn take_capture(&mut self) -> Vec<u8> {
+        self.capture.take().unwrap_or_default()
     }
 
     /// Appends raw output.
@@ -68,6 +92,13 @@ impl StepLog {
         let data = data.into();
         if data.is_empty() {
             return;
+        }
+        if let Some(capture) = &mut self.capture {
+            capture.extend_from_slice(&data);
+            if capture.len() > CAPTURE_LIMIT {
+                let excess = capture.len() - CAPTURE_LIMIT;
+                capture.drain(..excess);
+            }
         }
         // The task only stops early after a file error, which `finish` reports.
         let _ = self.tx.send(data).await;
@@ -98,8 +129,10 @@ async fn pump(
     run_id: String,
     step_id: String,
     reports: ReportSender,
+    masker: Masker,
 ) -> io::Result<LogFile> {
     let mut file = tokio::io::BufWriter::new(file);
+    let mut masking = masker.stream();
     let mut pending = BytesMut::new();
     let mut size: u64 = 0;
     let mut flush_at: Option<tokio::time::Instant> = None;
@@ -116,6 +149,7 @@ async fn pump(
         tokio::select! {
             data = rx.recv() => {
                 let Some(data) = data else { break };
+                let data = masking.push(&data);
                 file.write_all(&data).await?;
                 size += data.len() as u64;
                 let mut rest = &data[..];
@@ -139,8 +173,14 @@ async fn pump(
             }
         }
     }
-    if !pending.is_empty() {
+    let tail = masking.finish();
+    file.write_all(&tail).await?;
+    size += tail.len() as u64;
+    pending.extend_from_slice(&tail);
+    while !pending.is_empty() {
+        let rest = pending.split_off(pending.len().min(LOG_CHUNK_BYTES));
         reports.send(send(&mut pending)).await;
+        pending = rest;
     }
     file.flush().await?;
     Ok(LogFile { path, size })
@@ -155,7 +195,7 @@ mod tests {
     async fn batches_small_writes_and_keeps_the_whole_file() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (tx, mut rx) = report_channel(16);
-        let mut log = StepLog::create(&dir.path().join("s.log"), "r1", "s1", tx)
+        let mut log = StepLog::create(&dir.path().join("s.log"), "r1", "s1", tx, Masker::default())
             .await
             .expect("create");
         for i in 0..100 {
@@ -186,7 +226,7 @@ mod tests {
     async fn large_writes_are_split_into_bounded_chunks() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (tx, mut rx) = report_channel(64);
-        let mut log = StepLog::create(&dir.path().join("s.log"), "r1", "s1", tx)
+        let mut log = StepLog::create(&dir.path().join("s.log"), "r1", "s1", tx, Masker::default())
             .await
             .expect("create");
         log.write(vec![b'x'; LOG_CHUNK_BYTES * 3 + 5]).await;
@@ -199,5 +239,47 @@ mod tests {
             sizes,
             vec![LOG_CHUNK_BYTES, LOG_CHUNK_BYTES, LOG_CHUNK_BYTES, 5]
         );
+    }
+
+    #[tokio::test]
+    async fn secrets_cut_across_writes_are_masked_in_the_file_and_the_chunks() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (tx, mut rx) = report_channel(64);
+        let masker = Masker::new(["hunter2-secret"]);
+        let mut log = StepLog::create(&dir.path().join("s.log"), "r1", "s1", tx, masker)
+            .await
+            .expect("create");
+        log.write("token: hunt").await;
+        log.write("er2-sec").await;
+        log.write("ret\nagain hunter2-secret").await;
+        // A prefix left at the very end is released unmasked when the log ends.
+        log.write(" and hunter2").await;
+        let file = log.finish().await.expect("finish");
+        let text = std::fs::read_to_string(&file.path).expect("read");
+        assert_eq!(text, "token: ***\nagain *** and hunter2");
+        assert_eq!(file.size, text.len() as u64);
+        let mut streamed = Vec::new();
+        while let Ok(Report::Log(chunk)) = rx.try_recv() {
+            streamed.extend(chunk.data);
+        }
+        assert_eq!(streamed, text.as_bytes());
+    }
+
+    #[tokio::test]
+    async fn captures_keep_the_last_bytes_written() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (tx, _rx) = report_channel(256);
+        let mut log = StepLog::create(&dir.path().join("s.log"), "r1", "s1", tx, Masker::default())
+            .await
+            .expect("create");
+        log.write("before\n").await;
+        log.start_capture();
+        log.write(vec![b'x'; CAPTURE_LIMIT]).await;
+        log.write("connection reset").await;
+        let captured = log.take_capture();
+        assert_eq!(captured.len(), CAPTURE_LIMIT);
+        assert!(captured.ends_with(b"connection reset"));
+        assert!(log.take_capture().is_empty());
+        log.finish().await.expect("finish");
     }
 }

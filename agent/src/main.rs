@@ -43,6 +43,12 @@ struct Args {
     /// How many runs this agent executes at once.
     #[arg(long, env = "KILN_AGENT_CAPACITY", default_value_t = 2)]
     capacity: u32,
+
+    /// Secret store for task files' `secrets:`: the secret with Key Vault URL
+    /// https://<vault-host>/secrets/<name>[/<version>] is the file DIR/<vault-host>/<name>
+    /// (a trailing newline is stripped). Without it, runs that declare secrets end in Error.
+    #[arg(long, env = "KILN_AGENT_SECRETS_DIR", value_name = "DIR")]
+    secrets_dir: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -64,6 +70,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let mut config = AgentConfig::new(args.coordinator, args.docker_host, args.work_dir, agent_id);
     config.capacity = args.capacity.max(1);
+    config.secrets_dir = args.secrets_dir;
 
     let shutdown = CancellationToken::new();
     let signal_token = shutdown.clone();

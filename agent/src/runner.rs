@@ -5,8 +5,13 @@
 //!
 //! The workspace is a host directory under the agent's work dir, bind-mounted at `/workspace`
 //! in every step container; this requires the agent and the engine to share a filesystem.
+//! Next to it (outside the workspace) are the run's home directory (`/acb/home`, `HOME` of every
+//! step, as ACR's `home` volume but per run) and its secret volumes (read-only files, mode
+//! 0400). Declared secrets are resolved through the agent's `SecretResolver` before the real
+//! render; their values go only into the render inputs, and everything the run reports (log
+//! bytes, reasons, ids, image names) passes through the run's `Masker`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -21,15 +26,24 @@ use crate::blobs::BlobStore;
 use crate::cmdline::{self, CmdFlags};
 use crate::executor::{BuildSpec, ContainerRuntime, ContainerSpec, RuntimeError};
 use crate::logs::StepLog;
+use crate::mask::Masker;
 use crate::platform_gate::PlatformGate;
 use crate::platforms::platform_string;
 use crate::reports::{Report, ReportSender};
+use crate::secrets::{self, SecretResolver};
 use crate::task::{self, BuildStep, CmdStep, Plan, PushStep, Step, StepKind};
 
 /// Whole-run limit when the request does not set one.
 pub const DEFAULT_RUN_TIMEOUT_SECS: u64 = 3600;
 /// Where the workspace appears inside step containers.
 pub const WORKSPACE_MOUNT: &str = "/workspace";
+/// Where the run's home directory appears inside step containers (`HOME`), as in ACR.
+pub const HOME_MOUNT: &str = "/acb/home";
+/// Where the engine's socket appears inside step containers, as in ACR.
+pub const DOCKER_SOCKET_MOUNT: &str = "/var/run/docker.sock";
+/// Secret-volume files larger than this are not masked in logs (the masking look-behind is
+/// bounded by the longest value).
+pub const MAX_MASKED_VOLUME_FILE: usize = secrets::MAX_SECRET_BYTES;
 /// Pauses between the three attempts of one image push (as acb does).
 const PUSH_RETRY_DELAYS: [Duration; 2] = [Duration::from_millis(250), Duration::from_millis(500)];
 
@@ -47,6 +61,35 @@ pub struct RunnerEnv<R, B> {
     pub name_scope: String,
     /// Keeps pulls and builds for different platforms apart (see `platform_gate`).
     pub platform_gate: PlatformGate,
+    /// Where declared secrets (`secrets:` with `keyvault:`) get their values.
+    pub secrets: Arc<dyn SecretResolver>,
+    /// The engine's unix socket on this host, mounted at `/var/run/docker.sock` in step
+    /// containers; `None` when the engine is not reached through a local socket.
+    pub engine_socket: Option<PathBuf>,
+}
+
+impl<R, B> RunnerEnv<R, B> {
+    /// An environment with no secret store, no engine socket for steps and no name scope.
+    pub fn new(runtime: R, blobs: B, reports: ReportSender, work_dir: PathBuf) -> Self {
+        RunnerEnv {
+            runtime,
+            blobs,
+            reports,
+            work_dir,
+            name_scope: String::new(),
+            platform_gate: PlatformGate::default(),
+            secrets: Arc::new(secrets::NoSecretStore),
+            engine_socket: None,
+        }
+    }
+}
+
+/// The host path of a `unix://` engine endpoint.
+pub fn unix_socket_path(docker_host: &str) -> Option<PathBuf> {
+    docker_host
+        .strip_prefix("unix://")
+        .filter(|path| path.starts_with('/'))
+        .map(PathBuf::from)
 }
 
 /// The report sent for a run whose task died unexpectedly.
@@ -76,7 +119,10 @@ pub async fn execute_planned<R: ContainerRuntime, B: BlobStore>(
 ) {
     let run_id = assignment.run_id.clone();
     let run_dir = env.work_dir.join("runs").join(safe_name(&run_id));
-    let (status, reason) = execute_in(&env, &assignment, plan, &run_dir, &cancel).await;
+    let mut masker = Masker::default();
+    let (status, reason) =
+        execute_in(&env, &assignment, plan, &run_dir, &cancel, &mut masker).await;
+    let reason = masker.mask(&reason);
     if let Err(error) = tokio::fs::remove_dir_all(&run_dir).await {
         if error.kind() != std::io::ErrorKind::NotFound {
             tracing::warn!(run_id, %error, "cannot remove the run directory");
@@ -92,12 +138,15 @@ pub async fn execute_planned<R: ContainerRuntime, B: BlobStore>(
         .await;
 }
 
+/// Runs the assignment in `run_dir`; `masker` is set as soon as the secret values are known, and
+/// the caller masks the returned reason with it.
 async fn execute_in<R: ContainerRuntime, B: BlobStore>(
     env: &Arc<RunnerEnv<R, B>>,
     assignment: &Assignment,
     plan: Option<Plan>,
     run_dir: &Path,
     cancel: &CancellationToken,
+    masker: &mut Masker,
 ) -> (RunStatus, String) {
     let run_id = assignment.run_id.as_str();
     let request = assignment.request.clone().unwrap_or_default();
@@ -112,21 +161,34 @@ async fn execute_in<R: ContainerRuntime, B: BlobStore>(
             variant: String::new(),
         });
     let workspace = run_dir.join("workspace");
-    if let Err(error) = tokio::fs::create_dir_all(&workspace).await {
-        return (
-            RunStatus::Error,
-            format!("cannot create the workspace: {error}"),
-        );
+    let home = run_dir.join("home");
+    for dir in [&workspace, &home] {
+        if let Err(error) = tokio::fs::create_dir_all(dir).await {
+            return (
+                RunStatus::Error,
+                format!("cannot create {}: {error}", dir.display()),
+            );
+        }
     }
 
     let rendered = match plan {
-        Some(plan) => Ok(plan),
-        None => render(assignment, &request, &platform, &workspace),
+        Some(plan) => Ok((plan, BTreeMap::new())),
+        None => {
+            // Resolving secrets may take a while (each has a two-minute limit).
+            let rendering = render(env, assignment, &request, &platform, &workspace);
+            tokio::select! {
+                rendered = rendering => rendered,
+                _ = cancel.cancelled() => {
+                    return (RunStatus::Canceled, "run canceled".to_string());
+                }
+            }
+        }
     };
-    let plan = match rendered {
-        Ok(plan) => plan,
-        Err(diagnostics) => {
-            let mut text = diagnostics.clone();
+    let (plan, secret_values) = match rendered {
+        Ok(rendered) => rendered,
+        Err(failure) => {
+            *masker = Masker::new(failure.secrets.values());
+            let mut text = masker.mask(&failure.text);
             if !text.ends_with('\n') {
                 text.push('\n');
             }
@@ -137,16 +199,46 @@ async fn execute_in<R: ContainerRuntime, B: BlobStore>(
                     data: text.into_bytes(),
                 }))
                 .await;
-            let first = diagnostics.lines().next().unwrap_or("invalid task file");
+            let first = failure.text.lines().next().unwrap_or("invalid task file");
             return (RunStatus::Error, first.to_string());
         }
     };
+    let volume_files = match decode_volumes(&plan) {
+        Ok(files) => files,
+        Err(reason) => {
+            *masker = Masker::new(secret_values.values());
+            return fail_before_start(env, run_id, &plan, masker, reason).await;
+        }
+    };
+    *masker = run_masker(&secret_values, &volume_files);
     env.reports
         .send(Report::Planned(RunPlanned {
             run_id: run_id.to_string(),
-            step_ids: plan.steps.iter().map(|s| s.id.clone()).collect(),
+            step_ids: plan.steps.iter().map(|s| masker.mask(&s.id)).collect(),
         }))
         .await;
+    let volumes_dir = run_dir.join("volumes");
+    let volume_dirs = match write_volumes(&volumes_dir, &volume_files).await {
+        Ok(dirs) => dirs,
+        Err(reason) => {
+            remove_volumes(run_id, &volumes_dir).await;
+            let ctx_masker = masker.clone();
+            for step in &plan.steps {
+                send_update(
+                    env,
+                    run_id,
+                    &ctx_masker,
+                    &step.id,
+                    StepStatus::Skipped,
+                    None,
+                    "",
+                    None,
+                )
+                .await;
+            }
+            return (RunStatus::Error, reason);
+        }
+    };
 
     let resource_key = if env.name_scope.is_empty() {
         run_id.to_string()
@@ -167,6 +259,9 @@ async fn execute_in<R: ContainerRuntime, B: BlobStore>(
         plan_default_network: plan.default_network.clone(),
         containers: Mutex::new(Vec::new()),
         stop: Mutex::new(None),
+        masker: masker.clone(),
+        home,
+        volume_dirs,
     });
 
     if !request.context_digest.is_empty() {
@@ -228,17 +323,37 @@ async fn execute_in<R: ContainerRuntime, B: BlobStore>(
             tracing::warn!(run_id, network = name, %error, "cannot remove network");
         }
     }
+    remove_volumes(run_id, &volumes_dir).await;
     outcome
 }
 
-/// Renders the task file with the run's variables; `Err` carries the diagnostics text.
-fn render(
+/// Why a task file could not be turned into a plan: the text for the run's log (its first line
+/// is the run's reason) and the secret values resolved so far, to mask it with.
+struct RenderFailure {
+    text: String,
+    secrets: BTreeMap<String, String>,
+}
+
+impl RenderFailure {
+    fn new(text: impl Into<String>) -> RenderFailure {
+        RenderFailure {
+            text: text.into(),
+            secrets: BTreeMap::new(),
+        }
+    }
+}
+
+/// Renders the task file with the run's variables, ACR's way: a pre-pass with no secret
+/// values finds the declared secrets, the agent's resolver supplies their values, and the
+/// real render uses them. Returns the plan and the secret values by id.
+async fn render<R, B>(
+    env: &RunnerEnv<R, B>,
     assignment: &Assignment,
     request: &RunRequest,
     platform: &Platform,
     workspace: &Path,
-) -> Result<Plan, String> {
-    let inputs = task::Inputs {
+) -> Result<(Plan, BTreeMap<String, String>), RenderFailure> {
+    let mut inputs = task::Inputs {
         run: task::RunVars {
             id: assignment.run_id.clone(),
             registry: request.registry.clone(),
@@ -263,7 +378,208 @@ fn render(
     } else {
         request.task_file_name.as_str()
     };
-    task::render(file_name, &request.task_yaml, &inputs)
+    // The pre-pass: like acb's, a task that is invalid without secret values fails here.
+    let prepass =
+        task::render(file_name, &request.task_yaml, &inputs).map_err(RenderFailure::new)?;
+    if prepass.secrets.is_empty() {
+        return Ok((prepass, BTreeMap::new()));
+    }
+    let declared: Vec<secrets::SecretRef> = prepass
+        .secrets
+        .iter()
+        .map(|s| secrets::SecretRef {
+            id: s.id.clone(),
+            keyvault: s.keyvault.clone(),
+            client_id: s.client_id.clone(),
+        })
+        .collect();
+    let values = secrets::resolve_all(env.secrets.as_ref(), &declared)
+        .await
+        .map_err(|error| RenderFailure::new(error.to_string()))?;
+    inputs.secrets = values.clone();
+    match task::render(file_name, &request.task_yaml, &inputs) {
+        Ok(plan) => Ok((plan, values)),
+        Err(text) => Err(RenderFailure {
+            text,
+            secrets: values,
+        }),
+    }
+}
+
+/// Every file of every secret volume: (volume name, file name, decoded content).
+type VolumeFiles = Vec<(String, String, Vec<u8>)>;
+
+/// Decodes the base64 content of the plan's secret volumes.
+fn decode_volumes(plan: &Plan) -> Result<VolumeFiles, String> {
+    use base64::Engine as _;
+    let mut files = Vec::new();
+    for volume in &plan.volumes {
+        if !is_plain_name(&volume.name) {
+            return Err(format!("volume name {:?} cannot be used", volume.name));
+        }
+        for (name, encoded) in &volume.secret {
+            if !is_plain_name(name) {
+                return Err(format!(
+                    "volume {}: file name {name:?} cannot be used",
+                    volume.name
+                ));
+            }
+            let compact: String = encoded
+                .chars()
+                .filter(|c| !c.is_ascii_whitespace())
+                .collect();
+            let content = base64::engine::general_purpose::STANDARD
+                .decode(compact.as_bytes())
+                .map_err(|_| {
+                    format!(
+                        "volume {}: file {name}: failed to decode Base64 value. please make sure value provided is Base64 encoded",
+                        volume.name
+                    )
+                })?;
+            files.push((volume.name.clone(), name.clone(), content));
+        }
+    }
+    Ok(files)
+}
+
+/// A volume or file name that is one safe path component.
+fn is_plain_name(name: &str) -> bool {
+    !name.is_empty()
+        && name != "."
+        && name != ".."
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// The masker of a run: its secret values and the contents of its secret-volume files (also
+/// without a trailing newline, as `$(cat file)` prints them).
+fn run_masker(secrets: &BTreeMap<String, String>, volume_files: &VolumeFiles) -> Masker {
+    let mut values: Vec<Vec<u8>> = secrets.values().map(|v| v.as_bytes().to_vec()).collect();
+    for (volume, file, content) in volume_files {
+        if content.len() > MAX_MASKED_VOLUME_FILE {
+            tracing::warn!(
+                volume,
+                file,
+                "secret-volume file too large to be masked in logs"
+            );
+            continue;
+        }
+        values.push(content.clone());
+        let mut trimmed = content.as_slice();
+        while let Some(rest) = trimmed.strip_suffix(b"\n") {
+            trimmed = rest.strip_suffix(b"\r").unwrap_or(rest);
+        }
+        values.push(trimmed.to_vec());
+    }
+    Masker::new(values)
+}
+
+/// Writes the secret volumes under `dir` (`<dir>/<volume>/<file>`, directories 0700, files
+/// 0400) and returns each volume's directory.
+async fn write_volumes(
+    dir: &Path,
+    files: &VolumeFiles,
+) -> Result<HashMap<String, PathBuf>, String> {
+    let mut dirs = HashMap::new();
+    for (volume, name, content) in files {
+        let volume_dir = dir.join(volume);
+        if !dirs.contains_key(volume) {
+            create_private_dir(&volume_dir)
+                .await
+                .map_err(|e| format!("cannot create secret volume {volume}: {e}"))?;
+            dirs.insert(volume.clone(), volume_dir.clone());
+        }
+        write_private_file(&volume_dir.join(name), content)
+            .await
+            .map_err(|e| format!("cannot write secret volume {volume}, file {name}: {e}"))?;
+    }
+    Ok(dirs)
+}
+
+async fn create_private_dir(path: &Path) -> std::io::Result<()> {
+    let mut builder = tokio::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    builder.mode(0o700);
+    builder.create(path).await
+}
+
+async fn write_private_file(path: &Path, content: &[u8]) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt as _;
+    let mut options = tokio::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    options.mode(0o400);
+    let mut file = options.open(path).await?;
+    file.write_all(content).await?;
+    file.flush().await
+}
+
+/// Removes the run's secret volumes (also after a failure or a cancel).
+async fn remove_volumes(run_id: &str, dir: &Path) {
+    match tokio::fs::remove_dir_all(dir).await {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => tracing::warn!(run_id, %error, "cannot remove the run's secret volumes"),
+    }
+}
+
+/// Ends a planned run that cannot start: every step Skipped, the run Error.
+async fn fail_before_start<R: ContainerRuntime, B: BlobStore>(
+    env: &Arc<RunnerEnv<R, B>>,
+    run_id: &str,
+    plan: &Plan,
+    masker: &Masker,
+    reason: String,
+) -> (RunStatus, String) {
+    env.reports
+        .send(Report::Planned(RunPlanned {
+            run_id: run_id.to_string(),
+            step_ids: plan.steps.iter().map(|s| masker.mask(&s.id)).collect(),
+        }))
+        .await;
+    for step in &plan.steps {
+        send_update(
+            env,
+            run_id,
+            masker,
+            &step.id,
+            StepStatus::Skipped,
+            None,
+            "",
+            None,
+        )
+        .await;
+    }
+    (RunStatus::Error, reason)
+}
+
+/// Reports a step's state, masked.
+#[allow(clippy::too_many_arguments)]
+async fn send_update<R, B>(
+    env: &RunnerEnv<R, B>,
+    run_id: &str,
+    masker: &Masker,
+    step_id: &str,
+    status: StepStatus,
+    exit_code: Option<i32>,
+    reason: &str,
+    log: Option<(String, u64)>,
+) {
+    let (log_digest, log_size) = log.unwrap_or_default();
+    env.reports
+        .send(Report::Step(StepUpdate {
+            run_id: run_id.to_string(),
+            step_id: masker.mask(step_id),
+            status: status as i32,
+            has_exit_code: exit_code.is_some(),
+            exit_code: exit_code.unwrap_or(0),
+            reason: masker.mask(reason),
+            log_digest,
+            log_size,
+        }))
+        .await;
 }
 
 /// The registry holding the run's context and step logs: the farm's, which may differ from the
@@ -359,6 +675,12 @@ struct RunCtx<R, B> {
     /// Containers this run created and has not removed yet, with their `keep` flag.
     containers: Mutex<Vec<(String, bool)>>,
     stop: Mutex<Option<StopCause>>,
+    /// Masks the run's secret values in everything it reports.
+    masker: Masker,
+    /// The run's home directory on the host (mounted at `HOME_MOUNT`).
+    home: PathBuf,
+    /// Secret volume name → its directory on the host.
+    volume_dirs: HashMap<String, PathBuf>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -516,24 +838,31 @@ async fn run_step<R: ContainerRuntime, B: BlobStore>(
         .run_dir
         .join("logs")
         .join(format!("{}.log", safe_name(&step.id)));
-    let mut log =
-        match StepLog::create(&log_path, &ctx.run_id, &step.id, ctx.env.reports.clone()).await {
-            Ok(log) => log,
-            Err(error) => {
-                let reason = format!("cannot create the step log: {error}");
-                ctx.send_step(&step.id, StepStatus::Error, None, &reason, None)
-                    .await;
-                let fail = Fail {
-                    status: StepStatus::Error,
-                    exit_code: None,
-                    reason,
-                };
-                return StepEnd {
-                    ok: false,
-                    failure: Some(fail),
-                };
-            }
-        };
+    let mut log = match StepLog::create(
+        &log_path,
+        &ctx.run_id,
+        &ctx.masker.mask(&step.id),
+        ctx.env.reports.clone(),
+        ctx.masker.clone(),
+    )
+    .await
+    {
+        Ok(log) => log,
+        Err(error) => {
+            let reason = format!("cannot create the step log: {error}");
+            ctx.send_step(&step.id, StepStatus::Error, None, &reason, None)
+                .await;
+            let fail = Fail {
+                status: StepStatus::Error,
+                exit_code: None,
+                reason,
+            };
+            return StepEnd {
+                ok: false,
+                failure: Some(fail),
+            };
+        }
+    };
     let network = ctx.step_network(&step);
     let working_dir = if step.disable_working_directory_override {
         String::new()
@@ -662,7 +991,9 @@ async fn cmd_step<R: ContainerRuntime, B: BlobStore>(
     let invocation = task::parse_cmd(&cmd.cmd).map_err(|e| Fail::failed(None, e))?;
     let flags =
         cmdline::parse_docker_flags(&invocation.docker_flags).map_err(|e| Fail::failed(None, e))?;
-    let mut spec = ctx.container_spec(step, &invocation.image, invocation.args.clone(), &flags);
+    let mut spec = ctx
+        .container_spec(step, &invocation.image, invocation.args.clone(), &flags)
+        .map_err(|e| Fail::failed(None, e))?;
     let platform = flags
         .platform
         .clone()
@@ -670,10 +1001,27 @@ async fn cmd_step<R: ContainerRuntime, B: BlobStore>(
     let pass = ctx.env.platform_gate.enter(&platform);
     let ensure = async {
         let _pass = pass.await;
-        ctx.env
-            .runtime
-            .ensure_image(&spec.image, Some(&platform), step.pull, log)
-            .await
+        // `cmdDownloadRetries` extra attempts, `cmdDownloadRetryDelay` seconds apart.
+        let mut attempt = 0;
+        loop {
+            let result = ctx
+                .env
+                .runtime
+                .ensure_image(&spec.image, Some(&platform), step.pull, log)
+                .await;
+            match result {
+                Err(error) if attempt < step.cmd_download_retries => {
+                    attempt += 1;
+                    log.line(&format!(
+                        "{error}; waiting {} seconds before pulling again (retry {attempt} of {})",
+                        step.cmd_download_retry_delay, step.cmd_download_retries
+                    ))
+                    .await;
+                    tokio::time::sleep(Duration::from_secs(step.cmd_download_retry_delay)).await;
+                }
+                other => break other,
+            }
+        }
     };
     match cancellable(ensure, token).await {
         None => return Err(ctx.stopped_fail()),
@@ -881,8 +1229,8 @@ async fn push_step<R: ContainerRuntime, B: BlobStore>(
                 .reports
                 .send(Report::Image(ImagePushed {
                     run_id: ctx.run_id.clone(),
-                    step_id: step.id.clone(),
-                    image: image.clone(),
+                    step_id: ctx.masker.mask(&step.id),
+                    image: ctx.masker.mask(image),
                     digest,
                 }))
                 .await;
@@ -903,14 +1251,37 @@ async fn retry_loop(step: &Step, log: &mut StepLog, attempt: &impl Attempt) -> R
     for _ in 0..=step.repeat {
         let mut last = None;
         for try_idx in 0..=step.retries {
+            let watch = !step.retry_on_errors.is_empty() && try_idx < step.retries;
+            if watch {
+                log.start_capture();
+            }
             let result = attempt.run(n, log).await;
             n += 1;
+            let output = if watch {
+                log.take_capture()
+            } else {
+                Vec::new()
+            };
+            let retryable = match &result {
+                Err(fail) if watch => {
+                    matches_retry_errors(&step.retry_on_errors, &output, &fail.reason)
+                }
+                _ => true,
+            };
             match result {
                 Ok(()) => {
                     last = None;
                     break;
                 }
                 Err(fail) => last = Some(fail),
+            }
+            if !retryable {
+                log.line(&format!(
+                    "Step ID: {} failed with an error that matches none of its retryOnErrors; not retrying",
+                    step.id
+                ))
+                .await;
+                break;
             }
             if try_idx < step.retries {
                 log.line(&format!(
@@ -938,6 +1309,16 @@ async fn retry_loop(step: &Step, log: &mut StepLog, attempt: &impl Attempt) -> R
             Err(Fail { reason, ..last })
         }
     }
+}
+
+/// Whether a failed attempt's output (or its error) contains one of `patterns` (ACR's
+/// `retryOnErrors`: plain substrings).
+fn matches_retry_errors(patterns: &[String], output: &[u8], reason: &str) -> bool {
+    let output = String::from_utf8_lossy(output);
+    patterns
+        .iter()
+        .filter(|p| !p.is_empty())
+        .any(|p| output.contains(p.as_str()) || reason.contains(p.as_str()))
 }
 
 /// Runs `fut` under the step timeout; `Err` when the timeout or a stop came first.
@@ -975,20 +1356,17 @@ impl<R: ContainerRuntime, B: BlobStore> RunCtx<R, B> {
         reason: &str,
         log: Option<(String, u64)>,
     ) {
-        let (log_digest, log_size) = log.unwrap_or_default();
-        self.env
-            .reports
-            .send(Report::Step(StepUpdate {
-                run_id: self.run_id.clone(),
-                step_id: step_id.to_string(),
-                status: status as i32,
-                has_exit_code: exit_code.is_some(),
-                exit_code: exit_code.unwrap_or(0),
-                reason: reason.to_string(),
-                log_digest,
-                log_size,
-            }))
-            .await;
+        send_update(
+            &self.env,
+            &self.run_id,
+            &self.masker,
+            step_id,
+            status,
+            exit_code,
+            reason,
+            log,
+        )
+        .await;
     }
 
     async fn finish_unstarted(&self, steps: &[Step], status: StepStatus, reason: &str) {
@@ -1052,7 +1430,7 @@ impl<R: ContainerRuntime, B: BlobStore> RunCtx<R, B> {
         image: &str,
         args: Vec<String>,
         flags: &CmdFlags,
-    ) -> ContainerSpec {
+    ) -> Result<ContainerSpec, String> {
         let (network, own) =
             self.resolve_network(flags.network.as_deref().unwrap_or(&step.network));
         let working_dir = if let Some(wd) = &flags.workdir {
@@ -1064,7 +1442,9 @@ impl<R: ContainerRuntime, B: BlobStore> RunCtx<R, B> {
         } else {
             Some(step.working_directory.clone())
         };
-        let mut env = step.env.clone();
+        // ACR sets HOME before the step's own variables, so a step may override it.
+        let mut env = vec![format!("HOME={HOME_MOUNT}")];
+        env.extend(step.env.iter().cloned());
         env.extend(flags.env.iter().cloned());
         let mut ports = step.ports.clone();
         ports.extend(flags.ports.iter().cloned());
@@ -1079,9 +1459,35 @@ impl<R: ContainerRuntime, B: BlobStore> RunCtx<R, B> {
             .user
             .clone()
             .or_else(|| (!step.user.is_empty()).then(|| step.user.clone()));
-        let mut binds = vec![format!("{}:{}", self.workspace.display(), WORKSPACE_MOUNT)];
+        let mut binds = vec![
+            format!("{}:{}", self.workspace.display(), WORKSPACE_MOUNT),
+            format!("{}:{}", self.home.display(), HOME_MOUNT),
+        ];
+        let user_targets: Vec<&str> = flags
+            .volumes
+            .iter()
+            .filter_map(|v| v.split(':').nth(1))
+            .collect();
+        if let Some(socket) = &self.env.engine_socket {
+            if !user_targets.contains(&DOCKER_SOCKET_MOUNT) {
+                binds.push(format!("{}:{}", socket.display(), DOCKER_SOCKET_MOUNT));
+            }
+        }
+        for mount in &step.volume_mounts {
+            let dir = self
+                .volume_dirs
+                .get(&mount.name)
+                .ok_or_else(|| format!("volume mount {}: no volume of that name", mount.name))?;
+            if !mount.mount_path.starts_with('/') || mount.mount_path.contains(':') {
+                return Err(format!(
+                    "volume mount {}: mountPath {:?} must be an absolute path without ':'",
+                    mount.name, mount.mount_path
+                ));
+            }
+            binds.push(format!("{}:{}:ro", dir.display(), mount.mount_path));
+        }
         binds.extend(flags.volumes.iter().cloned());
-        ContainerSpec {
+        Ok(ContainerSpec {
             name: container_name(&self.resource_key, &step.id),
             image: image.to_string(),
             args,
@@ -1102,7 +1508,7 @@ impl<R: ContainerRuntime, B: BlobStore> RunCtx<R, B> {
             isolation: (!step.isolation.is_empty()).then(|| step.isolation.clone()),
             platform: None,
             tty: flags.tty,
-        }
+        })
     }
 
     /// Maps `rel` (relative to the container directory `base`, or absolute) to the workspace

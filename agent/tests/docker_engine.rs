@@ -82,6 +82,8 @@ async fn run_task(
     let env = Arc::new(RunnerEnv {
         name_scope: "kiln-agent-it".to_string(),
         platform_gate: Default::default(),
+        secrets: Arc::new(kiln_agent::secrets::NoSecretStore),
+        engine_socket: None,
         runtime,
         blobs: RegistryBlobStore,
         reports,

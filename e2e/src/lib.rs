@@ -9,6 +9,7 @@
 //!
 //! A missing prerequisite fails the test with a message saying what to start; nothing is skipped.
 
+use std::ffi::OsString;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -29,6 +30,8 @@ pub struct Farm {
     port: u16,
     coordinator: Option<Child>,
     agent: Option<Child>,
+    /// Extra flags for every start of the agent.
+    agent_args: Vec<OsString>,
 }
 
 /// A name unique to this test invocation, so repositories never collide across tests or runs.
@@ -58,6 +61,16 @@ fn free_port() -> u16 {
 impl Farm {
     /// Starts a coordinator and one agent with state in a fresh temporary directory.
     pub fn start() -> Self {
+        Self::start_with_agent_args(&[])
+    }
+
+    /// Like `start`, with the agent started with a secret store (`--secrets-dir dir`).
+    pub fn start_with_secrets_dir(dir: &Path) -> Self {
+        Self::start_with_agent_args(&["--secrets-dir".into(), dir.as_os_str().to_owned()])
+    }
+
+    /// Like `start`, with extra flags for the agent (kept for its restarts).
+    pub fn start_with_agent_args(agent_args: &[OsString]) -> Self {
         let bin_dir = PathBuf::from(required_env("KILN_BIN_DIR"));
         for binary in ["kiln", "kiln-coordinator", "kiln-agent"] {
             assert!(
@@ -77,6 +90,7 @@ impl Farm {
             port,
             coordinator: None,
             agent: None,
+            agent_args: agent_args.to_vec(),
         };
         farm.start_coordinator();
         farm.start_agent();
@@ -122,6 +136,7 @@ impl Farm {
             .arg("--work-dir")
             .arg(self.dir.path().join("agent"))
             .args(["--agent-id", &self.agent_id])
+            .args(&self.agent_args)
             .stdout(self.log_file("agent"))
             .stderr(self.log_file("agent"))
             .spawn()
@@ -223,6 +238,41 @@ impl Farm {
             .collect()
     }
 
+    /// Names of the engine's networks whose name contains `fragment`.
+    pub fn networks(&self, fragment: &str) -> Vec<String> {
+        let output = Command::new("docker")
+            .args(["network", "ls", "--format", "{{.Name}}"])
+            .env("DOCKER_HOST", &self.docker_host)
+            .output()
+            .expect("the docker CLI runs (installed with docker.io)");
+        assert!(
+            output.status.success(),
+            "docker network ls failed: {}",
+            text(&output)
+        );
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter(|name| name.contains(fragment))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// The containers and networks of run `run_id` that still exist (their names are
+    /// `kiln-<agent>-<run>` and `kiln-<agent>-<run>-<step or network>`).
+    pub fn run_resources(&self, run_id: &str) -> Vec<String> {
+        let name = format!("kiln-{}-{run_id}", self.agent_id);
+        let prefix = format!("{name}-");
+        let mut found = self.containers(&name);
+        found.extend(self.networks(&name));
+        found.retain(|n| *n == name || n.starts_with(&prefix));
+        found
+    }
+
+    /// The agent's directory for run `run_id` (workspace, home, secret volumes, step logs).
+    pub fn agent_run_dir(&self, run_id: &str) -> PathBuf {
+        self.dir.path().join("agent").join("runs").join(run_id)
+    }
+
     /// Waits until a step of the run is Running (its container has started).
     pub fn wait_for_running_step(&self, run_id: &str) {
         self.wait_for("a step to be running", || {
@@ -305,6 +355,33 @@ pub fn context(files: &[(&str, &str)]) -> tempfile::TempDir {
         }
         std::fs::write(full, contents).expect("a context file");
     }
+    dir
+}
+
+/// The repository's `examples/` directory.
+pub fn examples_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(|root| root.join("examples"))
+        .expect("the e2e crate lives inside the repository")
+}
+
+/// Copies the directory `from` (recursively) into a new temporary directory.
+pub fn copy_dir(from: &Path) -> tempfile::TempDir {
+    fn copy(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).expect("a directory");
+        for entry in std::fs::read_dir(from).expect("a readable directory") {
+            let entry = entry.expect("a directory entry");
+            let target = to.join(entry.file_name());
+            if entry.file_type().expect("a file type").is_dir() {
+                copy(&entry.path(), &target);
+            } else {
+                std::fs::copy(entry.path(), &target).expect("a copied file");
+            }
+        }
+    }
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    copy(from, dir.path());
     dir
 }
 

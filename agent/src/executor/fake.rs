@@ -53,6 +53,18 @@ pub enum Call {
     Push(String),
 }
 
+/// A file a container saw through a read-only bind mount when it started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountedFile {
+    /// Path inside the container.
+    pub path: String,
+    /// Path on the host.
+    pub host_path: std::path::PathBuf,
+    pub content: Vec<u8>,
+    /// Permission bits (`0o400`, …).
+    pub mode: u32,
+}
+
 /// The scripted runtime.
 #[derive(Debug, Default)]
 pub struct FakeRuntime {
@@ -60,6 +72,7 @@ pub struct FakeRuntime {
     attempts: Mutex<HashMap<String, usize>>,
     calls: Mutex<Vec<Call>>,
     live: Mutex<BTreeSet<String>>,
+    mounted: Mutex<HashMap<String, Vec<MountedFile>>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -89,8 +102,46 @@ impl FakeRuntime {
         lock(&self.live).clone()
     }
 
+    /// The files each container (by name) found in its read-only bind mounts when it started.
+    pub fn mounted_files(&self, container: &str) -> Vec<MountedFile> {
+        lock(&self.mounted)
+            .get(container)
+            .cloned()
+            .unwrap_or_default()
+    }
+
     fn record(&self, call: Call) {
         lock(&self.calls).push(call);
+    }
+
+    /// Reads the files of the spec's read-only bind mounts, as the container would see them.
+    fn snapshot_mounts(&self, spec: &ContainerSpec) {
+        let mut files = Vec::new();
+        for bind in &spec.binds {
+            let parts: Vec<&str> = bind.split(':').collect();
+            let [host, target, "ro"] = parts.as_slice() else {
+                continue;
+            };
+            let Ok(entries) = std::fs::read_dir(host) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let host_path = entry.path();
+                let Ok(meta) = entry.metadata() else { continue };
+                #[cfg(unix)]
+                let mode = std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777;
+                #[cfg(not(unix))]
+                let mode = 0;
+                files.push(MountedFile {
+                    path: format!("{target}/{}", entry.file_name().to_string_lossy()),
+                    content: std::fs::read(&host_path).unwrap_or_default(),
+                    host_path,
+                    mode,
+                });
+            }
+        }
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        lock(&self.mounted).insert(spec.name.clone(), files);
     }
 
     /// Runs the script for `key` and returns the attempt's exit code.
@@ -175,6 +226,7 @@ impl ContainerRuntime for FakeRuntime {
                 spec.name
             )));
         }
+        self.snapshot_mounts(spec);
         self.record(Call::Start {
             spec: spec.clone(),
             detached: false,
@@ -189,6 +241,7 @@ impl ContainerRuntime for FakeRuntime {
 
     async fn start_container(&self, spec: &ContainerSpec) -> Result<(), RuntimeError> {
         lock(&self.live).insert(spec.name.clone());
+        self.snapshot_mounts(spec);
         self.record(Call::Start {
             spec: spec.clone(),
             detached: true,

@@ -1,6 +1,7 @@
 //! Unit tests of the runner's ACR semantics with the scripted runtime.
 
-use std::path::Path;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -11,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::*;
 use crate::executor::fake::{Call, FakeRuntime, Script};
+use crate::executor::ContainerSpec;
 use crate::reports::report_channel;
 use crate::task::{BuildStep, CmdStep, Plan, PushStep, Step, StepKind};
 
@@ -136,6 +138,8 @@ async fn run_with(
     let env = Arc::new(RunnerEnv {
         name_scope: String::new(),
         platform_gate: Default::default(),
+        secrets: Arc::new(crate::secrets::NoSecretStore),
+        engine_socket: None,
         runtime,
         blobs,
         reports,
@@ -601,6 +605,8 @@ async fn invalid_task_files_end_in_error_with_diagnostics() {
     let env = Arc::new(RunnerEnv {
         name_scope: String::new(),
         platform_gate: Default::default(),
+        secrets: Arc::new(crate::secrets::NoSecretStore),
+        engine_socket: None,
         runtime: FakeRuntime::new(),
         blobs: FakeBlobs::default(),
         reports,
@@ -642,6 +648,8 @@ async fn rendered_task_files_run_with_run_variables() {
     let env = Arc::new(RunnerEnv {
         name_scope: String::new(),
         platform_gate: Default::default(),
+        secrets: Arc::new(crate::secrets::NoSecretStore),
+        engine_socket: None,
         runtime: FakeRuntime::new(),
         blobs: FakeBlobs::default(),
         reports,
@@ -688,4 +696,374 @@ fn paths_are_confined_to_the_workspace() {
         resolve_build_args(&["A=1".into(), "B".into(), "C".into()], &["B=2".into()]),
         vec!["A=1".to_string(), "B=2".to_string()]
     );
+}
+
+/// Runs the task file `yaml` (rendered by the runner, secrets from `secrets`) as run `r9`.
+async fn run_task(
+    runtime: FakeRuntime,
+    yaml: &str,
+    secrets: BTreeMap<String, String>,
+    engine_socket: Option<PathBuf>,
+) -> Outcome {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (reports, mut rx) = report_channel(16);
+    let mut env = RunnerEnv::new(
+        runtime,
+        FakeBlobs::default(),
+        reports,
+        dir.path().to_path_buf(),
+    );
+    env.secrets = Arc::new(crate::secrets::StaticSecrets(secrets));
+    env.engine_socket = engine_socket;
+    let env = Arc::new(env);
+    let assignment = Assignment {
+        run_id: "r9".into(),
+        request: Some(RunRequest {
+            task_yaml: yaml.into(),
+            task_file_name: "acb.yaml".into(),
+            registry: "127.0.0.1:5000".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let task = tokio::spawn(execute(
+        Arc::clone(&env),
+        assignment,
+        CancellationToken::new(),
+    ));
+    let mut seen = Vec::new();
+    let collect = async {
+        while let Some(report) = rx.recv().await {
+            let done = matches!(report, Report::Finished(_));
+            seen.push(report);
+            if done {
+                break;
+            }
+        }
+    };
+    tokio::time::timeout(TEST_LIMIT, collect)
+        .await
+        .expect("run did not finish in time");
+    task.await.expect("run task");
+    assert!(
+        !dir.path().join("runs").join("r9").exists(),
+        "run directory left behind"
+    );
+    Outcome {
+        reports: seen,
+        runtime: env,
+        _dir: dir,
+    }
+}
+
+/// Every string of every report, for "never appears anywhere" checks.
+fn all_report_text(reports: &[Report]) -> String {
+    let mut text = String::new();
+    for report in reports {
+        text.push_str(&format!("{report:?}\n"));
+        if let Report::Log(chunk) = report {
+            text.push_str(&String::from_utf8_lossy(&chunk.data));
+        }
+    }
+    text
+}
+
+fn start_spec(out: &Outcome, name: &str) -> ContainerSpec {
+    out.calls()
+        .into_iter()
+        .find_map(|c| match c {
+            Call::Start { spec, .. } if spec.name == name => Some(spec),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no container {name}"))
+}
+
+const SECRET_TASK: &str = r#"version: v1.1.0
+secrets:
+  - id: token
+    keyvault: https://kv.vault.azure.net/secrets/api-token
+volumes:
+  - name: creds
+    secret:
+      token.txt: {{.Secrets.token | b64enc}}
+      plain.txt: aGVsbG8gd29ybGQK
+steps:
+  - id: show
+    cmd: printer say {{.Secrets.token}}
+    env: ["API_TOKEN={{.Secrets.token}}"]
+    volumeMounts:
+      - name: creds
+        mountPath: /run/secrets
+  - id: bad
+    cmd: 127.0.0.1:5000/missing-{{.Secrets.token}}:v1
+    ignoreErrors: true
+"#;
+
+#[tokio::test]
+async fn secrets_reach_containers_but_never_reports() {
+    let value = "tok-9f3a-SECRET";
+    let runtime = FakeRuntime::new();
+    runtime.script(
+        "printer",
+        Script {
+            output: format!("the token is {value}, twice: {value}{value}\n"),
+            ..Default::default()
+        },
+    );
+    let missing = format!("127.0.0.1:5000/missing-{value}:v1");
+    runtime.script(
+        &format!("pull:{missing}"),
+        Script {
+            error: Some(RuntimeError::Image {
+                image: missing.clone(),
+                message: "manifest unknown".into(),
+            }),
+            ..Default::default()
+        },
+    );
+    let out = run_task(
+        runtime,
+        SECRET_TASK,
+        BTreeMap::from([("token".to_string(), value.to_string())]),
+        None,
+    )
+    .await;
+    assert_eq!(out.finished().0, RunStatus::Succeeded, "{:?}", out.reports);
+    // The container got the real value, in its arguments and its environment.
+    let spec = start_spec(&out, "kiln-r9-show");
+    assert_eq!(spec.args, vec!["say".to_string(), value.to_string()]);
+    assert!(spec.env.contains(&format!("API_TOKEN={value}")));
+    // Nothing reported carries it: logs, reasons, uploads.
+    let reported = all_report_text(&out.reports);
+    assert!(!reported.contains(value), "{reported}");
+    assert!(
+        reported.contains("the token is ***, twice: ******"),
+        "{reported}"
+    );
+    let bad = out.step("bad");
+    assert!(bad.reason.contains("missing-***:v1"), "{}", bad.reason);
+    let uploads = lock(&out.runtime.blobs.uploads).clone();
+    assert!(uploads.iter().all(|u| !u.contains(value)), "{uploads:?}");
+    assert!(uploads.iter().any(|u| u.contains("the token is ***")));
+}
+
+#[tokio::test]
+async fn secret_volumes_are_read_only_files_outside_the_workspace() {
+    let value = "volume-secret-value";
+    let out = run_task(
+        FakeRuntime::new(),
+        SECRET_TASK,
+        BTreeMap::from([("token".to_string(), value.to_string())]),
+        None,
+    )
+    .await;
+    assert_eq!(out.finished().0, RunStatus::Succeeded);
+    let spec = start_spec(&out, "kiln-r9-show");
+    let bind = spec
+        .binds
+        .iter()
+        .find(|b| b.ends_with(":/run/secrets:ro"))
+        .unwrap_or_else(|| panic!("no secret volume bind in {:?}", spec.binds));
+    assert!(!bind.contains("/workspace"), "{bind}");
+    let files = out.runtime.runtime.mounted_files("kiln-r9-show");
+    let names: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
+    assert_eq!(
+        names,
+        vec!["/run/secrets/plain.txt", "/run/secrets/token.txt"]
+    );
+    assert_eq!(files[0].content, b"hello world\n");
+    assert_eq!(files[1].content, value.as_bytes());
+    assert!(files.iter().all(|f| f.mode == 0o400), "{files:?}");
+    // Removed with the run, and the volume's content is masked like a secret.
+    assert!(files.iter().all(|f| !f.host_path.exists()));
+    // Steps without volumeMounts get no secret volume.
+    let other = start_spec(&out, "kiln-r9-bad");
+    assert!(
+        !other.binds.iter().any(|b| b.ends_with(":ro")),
+        "{:?}",
+        other.binds
+    );
+}
+
+#[tokio::test]
+async fn a_secret_the_store_lacks_ends_the_run_in_error_without_starting_steps() {
+    let out = run_task(FakeRuntime::new(), SECRET_TASK, BTreeMap::new(), None).await;
+    let (status, reason) = out.finished();
+    assert_eq!(status, RunStatus::Error);
+    assert!(reason.contains("secret token"), "{reason}");
+    assert_eq!(reason.lines().count(), 1);
+    assert!(out
+        .calls()
+        .iter()
+        .all(|c| !matches!(c, Call::Start { .. } | Call::CreateNetwork(_))));
+    let logged = all_report_text(&out.reports);
+    assert!(logged.contains("secret token"), "{logged}");
+}
+
+#[tokio::test]
+async fn undecodable_secret_volumes_end_the_run_in_error() {
+    let yaml = "volumes:\n  - name: v\n    secret:\n      f: '%%%'\nsteps:\n  - cmd: img\n";
+    let out = run_task(FakeRuntime::new(), yaml, BTreeMap::new(), None).await;
+    let (status, reason) = out.finished();
+    assert_eq!(status, RunStatus::Error);
+    assert!(
+        reason.contains("volume v: file f: failed to decode Base64"),
+        "{reason}"
+    );
+    assert_eq!(out.step_status("acb_step_0"), StepStatus::Skipped);
+    assert!(out.calls().iter().all(|c| !matches!(c, Call::Start { .. })));
+}
+
+#[tokio::test]
+async fn steps_get_home_and_the_engine_socket_like_acr() {
+    let yaml = "steps:\n  - cmd: img\n    env: [A=1]\n  - cmd: -v /elsewhere.sock:/var/run/docker.sock img2\n";
+    let out = run_task(
+        FakeRuntime::new(),
+        yaml,
+        BTreeMap::new(),
+        Some(PathBuf::from("/run/engine.sock")),
+    )
+    .await;
+    assert_eq!(out.finished().0, RunStatus::Succeeded);
+    let spec = start_spec(&out, "kiln-r9-acb_step_0");
+    assert_eq!(
+        spec.env,
+        vec!["HOME=/acb/home".to_string(), "A=1".to_string()]
+    );
+    assert!(
+        spec.binds.iter().any(|b| b.ends_with("/home:/acb/home")),
+        "{:?}",
+        spec.binds
+    );
+    assert!(
+        spec.binds
+            .contains(&"/run/engine.sock:/var/run/docker.sock".to_string()),
+        "{:?}",
+        spec.binds
+    );
+    // A step that mounts its own socket there keeps it.
+    let own = start_spec(&out, "kiln-r9-acb_step_1");
+    let sockets: Vec<&String> = own
+        .binds
+        .iter()
+        .filter(|b| b.ends_with(":/var/run/docker.sock"))
+        .collect();
+    assert_eq!(sockets, vec!["/elsewhere.sock:/var/run/docker.sock"]);
+}
+
+#[tokio::test]
+async fn retry_on_errors_retries_only_matching_failures() {
+    let script = |output: &str| Script {
+        output: output.into(),
+        exit_codes: vec![1, 1, 0],
+        ..Default::default()
+    };
+    let runtime = FakeRuntime::new();
+    runtime.script("flaky", script("error: connection reset by peer\n"));
+    runtime.script("broken", script("error: disk full\n"));
+    let mut a = cmd("a", "flaky", &[]);
+    a.retries = 3;
+    a.retry_delay = 0;
+    a.retry_on_errors = vec!["connection reset".into()];
+    let mut b = cmd("b", "broken", &["-"]);
+    b.depends_on.clear();
+    b.retries = 3;
+    b.retry_delay = 0;
+    b.retry_on_errors = vec!["connection reset".into(), "timeout".into()];
+    b.ignore_errors = true;
+    let out = run(runtime, plan(vec![a, b])).await;
+    assert_eq!(out.finished().0, RunStatus::Succeeded);
+    assert_eq!(out.starts("kiln-r1-a"), 3);
+    assert_eq!(out.starts("kiln-r1-b"), 1);
+    assert!(out.step("b").reason.contains("exit code 1"));
+}
+
+#[tokio::test]
+async fn cmd_download_retries_repeat_a_failed_pull() {
+    let runtime = FakeRuntime::new();
+    runtime.script(
+        "pull:ghost",
+        Script {
+            error: Some(RuntimeError::Image {
+                image: "ghost".into(),
+                message: "connection refused".into(),
+            }),
+            ..Default::default()
+        },
+    );
+    let mut a = cmd("a", "ghost", &[]);
+    a.pull = true;
+    a.cmd_download_retries = 2;
+    a.cmd_download_retry_delay = 0;
+    let out = run(runtime, plan(vec![a])).await;
+    assert_eq!(out.finished().0, RunStatus::Failed);
+    let pulls = out
+        .calls()
+        .iter()
+        .filter(
+            |c| matches!(c, Call::EnsureImage { image, always_pull: true, .. } if image == "ghost"),
+        )
+        .count();
+    assert_eq!(pulls, 3);
+}
+
+#[test]
+fn engine_sockets_come_from_unix_endpoints_only() {
+    assert_eq!(
+        unix_socket_path("unix:///var/run/docker.sock"),
+        Some(PathBuf::from("/var/run/docker.sock"))
+    );
+    assert_eq!(unix_socket_path("tcp://127.0.0.1:2375"), None);
+    assert_eq!(unix_socket_path("unix://relative"), None);
+}
+
+/// A secret store that never answers.
+#[derive(Debug)]
+struct SilentStore;
+
+impl crate::secrets::SecretResolver for SilentStore {
+    fn resolve<'a>(
+        &'a self,
+        _: &'a crate::secrets::SecretRef,
+    ) -> futures::future::BoxFuture<'a, Result<String, crate::secrets::SecretError>> {
+        Box::pin(std::future::pending())
+    }
+}
+
+#[tokio::test]
+async fn a_cancel_while_secrets_resolve_cancels_the_run() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (reports, mut rx) = report_channel(16);
+    let mut env = RunnerEnv::new(
+        FakeRuntime::new(),
+        FakeBlobs::default(),
+        reports,
+        dir.path().to_path_buf(),
+    );
+    env.secrets = Arc::new(SilentStore);
+    let assignment = Assignment {
+        run_id: "r5".into(),
+        request: Some(RunRequest {
+            task_yaml: SECRET_TASK.into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(execute(Arc::new(env), assignment, cancel.clone()));
+    cancel.cancel();
+    let finished = tokio::time::timeout(TEST_LIMIT, async {
+        loop {
+            match rx.recv().await {
+                Some(Report::Finished(f)) => break f,
+                Some(_) => {}
+                None => panic!("no RunFinished"),
+            }
+        }
+    })
+    .await
+    .expect("the run ended");
+    task.await.expect("run task");
+    assert_eq!(finished.status, RunStatus::Canceled as i32);
+    assert!(!dir.path().join("runs").join("r5").exists());
 }
