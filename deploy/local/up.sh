@@ -87,11 +87,14 @@ start_agent() {
         stop_bg agent 30
     fi
     mkdir -p "$KILN_HOME/agent"
-    log "agent: starting $AGENT_ID (docker $DOCKER_HOST, work dir $KILN_HOME/agent)"
+    # The agent's secret store: one file per Key Vault secret, DIR/<vault-host>/<name>.
+    install -d -m 0700 "$KILN_HOME/secrets"
+    log "agent: starting $AGENT_ID (docker $DOCKER_HOST, work dir $KILN_HOME/agent, secrets $KILN_HOME/secrets)"
     start_bg agent "$INSTALL_DIR/kiln-agent" \
         --coordinator "$KILN_COORDINATOR" \
         --docker-host "$DOCKER_HOST" \
         --work-dir "$KILN_HOME/agent" \
+        --secrets-dir "$KILN_HOME/secrets" \
         --agent-id "$AGENT_ID"
 }
 
