@@ -12,7 +12,7 @@ use crate::platform::PlatformSpec;
 pub const MAX_TASK_BYTES: usize = 512 * 1024;
 /// Largest values file accepted in a run request.
 pub const MAX_VALUES_BYTES: usize = 256 * 1024;
-/// Most steps one run may have.
+/// Most steps one run may have; equal to `kiln_taskfile`'s limit, so every plan fits.
 pub const MAX_STEPS: usize = 1000;
 /// Most pushed images recorded for one run.
 pub const MAX_IMAGES: usize = 1000;

@@ -15,6 +15,16 @@ pub const DEFAULT_STEP_TIMEOUT: u64 = 600;
 pub const DEFAULT_RETRY_DELAY: u64 = 5;
 pub const DEFAULT_NETWORK: &str = "acb_default_network";
 const VALID_VERSIONS: &[&str] = &["1.0-preview-1", "v1.0.0", "v1.1.0"];
+/// Largest plan (bytes of text in its steps) a task may produce. Every step copies the
+/// task-level env, working directory and network and may expand a cmd alias, so a small
+/// rendered file with many steps could otherwise build a plan of many gigabytes.
+pub const MAX_PLAN_BYTES: usize = 64 << 20;
+/// Most steps one task may have (acb has no limit). Each step becomes part of the replicated
+/// run record, which is rewritten on every step update; this equals the coordinator's
+/// `kiln_state::machine::MAX_STEPS`, so that every plan an agent makes is one it can record.
+pub const MAX_STEPS: usize = 1_000;
+/// Most diagnostics kept for one task (a hostile file can have a problem per node).
+pub const MAX_DIAGNOSTICS: usize = 1_000;
 
 pub struct Decoder<'a> {
     pub file: &'a str,
@@ -130,6 +140,9 @@ impl Decoder<'_> {
     }
 
     fn err(&mut self, node: &Node, msg: impl Into<String>) {
+        if self.diags.len() >= MAX_DIAGNOSTICS {
+            return;
+        }
         let d = diag(self.file, self.pos(node), msg);
         self.diags.push(d);
     }
@@ -263,6 +276,7 @@ impl Decoder<'_> {
 
     fn secrets(&mut self, root: &Node) -> Vec<SecretDecl> {
         let mut out: Vec<SecretDecl> = Vec::new();
+        let mut seen = HashSet::new();
         for node in self.list(root, "secrets", "secret") {
             let s = SecretDecl {
                 id: self.string(node, "id"),
@@ -298,7 +312,7 @@ impl Decoder<'_> {
             } else if !s.keyvault.is_empty() && !valid_keyvault_url(&s.keyvault) {
                 self.err(node, format!("failed to validate secret with ID: {}: keyvault must be an https URL of the form https://<vault>.<domain>/secrets/<name>[/<version>]", s.id));
             }
-            if out.iter().any(|o| o.id == s.id) {
+            if !seen.insert(s.id.clone()) {
                 self.err(node, format!("duplicate secret found with ID: {}", s.id));
                 continue;
             }
@@ -311,6 +325,7 @@ impl Decoder<'_> {
         let name_re = regex::Regex::new(r"^[a-zA-Z0-9\-_]+$").ok();
         let file_re = regex::Regex::new(r"^[a-zA-Z0-9\-_.]+$").ok();
         let mut out: Vec<Volume> = Vec::new();
+        let mut seen = HashSet::new();
         for node in self.list(root, "volumes", "volume") {
             let name = self.string(node, "name");
             if name.is_empty() {
@@ -355,7 +370,7 @@ impl Decoder<'_> {
                     }
                 },
             }
-            if out.iter().any(|v| v.name == name) {
+            if !seen.insert(name.clone()) {
                 self.err(node, format!("volume with duplicate name found: {name}"));
                 continue;
             }
@@ -451,7 +466,7 @@ impl Decoder<'_> {
             working_directory: &working_directory,
             env: &env,
             default_network: &default_network,
-            volumes: &volumes,
+            volume_names: volumes.iter().map(|v| v.name.as_str()).collect(),
         };
         let steps = self.steps(root, &ctx);
         Plan {
@@ -470,10 +485,30 @@ impl Decoder<'_> {
 
     fn steps(&mut self, root: &Node, ctx: &StepCtx<'_>) -> Vec<Step> {
         let nodes = self.list(root, "steps", "step");
+        if nodes.len() > MAX_STEPS {
+            let at = root.get("steps").unwrap_or(root);
+            self.err(
+                at,
+                format!(
+                    "the task has {} steps; at most {MAX_STEPS} are allowed",
+                    nodes.len()
+                ),
+            );
+            return Vec::new();
+        }
         let mut steps: Vec<Step> = Vec::new();
-        let mut ids: Vec<String> = Vec::new();
+        let mut ids: HashSet<String> = HashSet::new();
+        let mut plan_bytes = 0usize;
         for (index, node) in nodes.iter().enumerate() {
             let step = self.step(node, index, ctx);
+            plan_bytes = plan_bytes.saturating_add(step.text_bytes());
+            if plan_bytes > MAX_PLAN_BYTES {
+                self.err(
+                    node,
+                    format!("the task is too large: its steps exceed {MAX_PLAN_BYTES} bytes (every step copies the task-level env, working directory and network)"),
+                );
+                return steps;
+            }
             // Graph construction (§3.1): the id becomes a vertex, then edges from earlier vertices.
             let id = step.id.clone();
             if id == "acb_root" {
@@ -494,7 +529,7 @@ impl Decoder<'_> {
                     self.err(at, format!("{dep} does not exist as a vertex [from: {dep}, to: {id}]: `when` may only name steps defined earlier in the file (unknown id, forward reference or cycle)"));
                 }
             }
-            ids.push(id);
+            ids.insert(id);
             steps.push(step);
         }
         // Default dependency: the previous step in the file.
@@ -565,6 +600,7 @@ impl Decoder<'_> {
         };
         // Volume mounts.
         let mut volume_mounts = Vec::new();
+        let mut mount_paths = HashSet::new();
         let mount_nodes = self.list(node, "volumeMounts", "volumeMount");
         if !mount_nodes.is_empty() && matches!(kind, StepKind::Push(_)) {
             self.err(node, "invalid use of Mounts. Mounts must have unique container paths and only used for cmd or build steps");
@@ -581,10 +617,7 @@ impl Decoder<'_> {
                 );
                 continue;
             }
-            if volume_mounts
-                .iter()
-                .any(|o: &VolumeMount| o.mount_path == vm.mount_path)
-            {
+            if !mount_paths.insert(vm.mount_path.clone()) {
                 self.err(
                     m,
                     format!(
@@ -594,7 +627,7 @@ impl Decoder<'_> {
                 );
                 continue;
             }
-            if !ctx.volumes.iter().any(|v| v.name == vm.name) {
+            if !ctx.volume_names.contains(vm.name.as_str()) {
                 self.err(m, format!("mount name, {}, does not correspond to a volume: declare it under the task's `volumes`", vm.name));
             }
             volume_mounts.push(vm);
@@ -737,7 +770,7 @@ struct StepCtx<'a> {
     working_directory: &'a str,
     env: &'a [String],
     default_network: &'a str,
-    volumes: &'a [Volume],
+    volume_names: HashSet<&'a str>,
 }
 
 fn is_guid(s: &str) -> bool {

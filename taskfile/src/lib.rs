@@ -9,6 +9,8 @@
 //! depends on is an argument.
 
 mod decode;
+#[doc(hidden)]
+pub mod fuzzing;
 mod load;
 pub mod plan;
 mod quick;
@@ -95,40 +97,78 @@ fn sort_diags(mut v: Vec<Diagnostic>) -> Diagnostics {
     Diagnostics(v)
 }
 
-/// P4: the secrets pre-pass. Returns the declared secret ids (empty when the text does not
-/// mention `secrets`), or the diagnostics of a failing pre-pass render.
-fn secrets_prepass(
-    file: &str,
-    source: &str,
-    inputs: &Inputs,
-) -> Result<Vec<String>, Vec<Diagnostic>> {
+/// What the secrets pre-pass found: the declared secret ids and, when it rendered the file,
+/// the rendered text and its parsed YAML. The main pass reuses these when no secret is visible
+/// to it, because it would then render exactly the same text (a large file is not rendered
+/// and parsed twice).
+struct Prepass {
+    ids: Vec<String>,
+    done: Option<(load::Loaded, Parsed)>,
+}
+
+type Parsed = Result<Option<yaml::Node>, yaml::YamlError>;
+
+/// P4: the secrets pre-pass. Finds the declared secret ids (none when the text does not
+/// mention `secrets`), or returns the diagnostics of a failing pre-pass render.
+fn secrets_prepass(file: &str, source: &str, inputs: &Inputs) -> Result<Prepass, Vec<Diagnostic>> {
     if !source.contains("secrets") {
-        return Ok(Vec::new());
+        return Ok(Prepass {
+            ids: Vec::new(),
+            done: None,
+        });
     }
     let mut diags = Vec::new();
     let Some(loaded) = load::load(file, source, inputs, &BTreeMap::new(), &mut diags) else {
         return Err(diags);
     };
-    let root = match yaml::parse(&loaded.rendered) {
-        Ok(r) => r,
-        // The main pass reports the YAML error with the real secrets in place.
-        Err(_) => return Ok(Vec::new()),
-    };
+    let parsed = yaml::parse(&loaded.rendered);
     let mut ids = Vec::new();
-    if let Some(yaml::Kind::Seq(items)) = root
+    let mut seen = std::collections::HashSet::new();
+    // A YAML error is reported by the main pass, with the real secrets in place.
+    if let Some(yaml::Kind::Seq(items)) = parsed
         .as_ref()
+        .ok()
+        .and_then(Option::as_ref)
         .and_then(|r| r.get("secrets"))
         .map(|s| &s.kind)
     {
         for it in items {
             if let Some(id) = it.get("id").and_then(|i| i.text()) {
-                if !id.is_empty() && !ids.iter().any(|x: &String| x == id) {
+                if !id.is_empty() && seen.insert(id) {
                     ids.push(id.to_string());
                 }
             }
         }
     }
-    Ok(ids)
+    Ok(Prepass {
+        ids,
+        done: Some((loaded, parsed)),
+    })
+}
+
+/// P4 and P5: the pre-pass, then the text phases with the declared secrets visible.
+fn load_visible(
+    file_name: &str,
+    source: &str,
+    inputs: &Inputs,
+) -> Result<(load::Loaded, Option<Parsed>), Diagnostics> {
+    let pre = secrets_prepass(file_name, source, inputs).map_err(sort_diags)?;
+    let visible: BTreeMap<String, String> = inputs
+        .secrets
+        .iter()
+        .filter(|(k, _)| pre.ids.contains(k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    if visible.is_empty() {
+        if let Some((loaded, parsed)) = pre.done {
+            return Ok((loaded, Some(parsed)));
+        }
+    }
+    let mut diags = Vec::new();
+    match load::load(file_name, source, inputs, &visible, &mut diags) {
+        Some(loaded) => Ok((loaded, None)),
+        None => Err(sort_diags(diags)),
+    }
 }
 
 /// Runs the whole pipeline; returns the plan and the rendered text.
@@ -137,18 +177,9 @@ pub fn plan_with_rendered(
     source: &str,
     inputs: &Inputs,
 ) -> Result<(Plan, String), Diagnostics> {
-    let declared = secrets_prepass(file_name, source, inputs).map_err(sort_diags)?;
-    let visible: BTreeMap<String, String> = inputs
-        .secrets
-        .iter()
-        .filter(|(k, _)| declared.contains(k))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    let mut diags = Vec::new();
-    let Some(loaded) = load::load(file_name, source, inputs, &visible, &mut diags) else {
-        return Err(sort_diags(diags));
-    };
-    let root = match yaml::parse(&loaded.rendered) {
+    let (loaded, parsed) = load_visible(file_name, source, inputs)?;
+    let parsed = parsed.unwrap_or_else(|| yaml::parse(&loaded.rendered));
+    let root = match parsed {
         Ok(r) => r,
         Err(e) => {
             let pos = loaded.map.pos_mark(&loaded.rendered, e.mark);
@@ -175,23 +206,14 @@ pub fn plan(file_name: &str, source: &str, inputs: &Inputs) -> Result<Plan, Diag
 
 /// The task file's text after comment stripping, aliases and templating.
 pub fn render(file_name: &str, source: &str, inputs: &Inputs) -> Result<String, Diagnostics> {
-    let declared = secrets_prepass(file_name, source, inputs).map_err(sort_diags)?;
-    let visible: BTreeMap<String, String> = inputs
-        .secrets
-        .iter()
-        .filter(|(k, _)| declared.contains(k))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    let mut diags = Vec::new();
-    match load::load(file_name, source, inputs, &visible, &mut diags) {
-        Some(l) => Ok(l.rendered),
-        None => Err(sort_diags(diags)),
-    }
+    load_visible(file_name, source, inputs).map(|(loaded, _)| loaded.rendered)
 }
 
 /// Ids of the secrets a task file declares (empty when it declares none or cannot be read).
 pub fn declared_secrets(file_name: &str, source: &str) -> Vec<String> {
-    secrets_prepass(file_name, source, &Inputs::default()).unwrap_or_default()
+    secrets_prepass(file_name, source, &Inputs::default())
+        .map(|p| p.ids)
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -269,6 +291,51 @@ mod tests {
             panic!("cmd")
         };
         assert_eq!(c.cmd, "img s3cret");
+    }
+
+    #[test]
+    fn alias_expansion_too_large_is_a_diagnostic() {
+        let src = format!(
+            "version: v1.1.0\nalias:\n  values:\n    a: '{{{{ repeat 3000000 \"x\" }}}}'\nsteps:\n- cmd: {}\n",
+            "$a".repeat(2000)
+        );
+        let d = plan("f.yaml", &src, &Inputs::default()).unwrap_err();
+        assert!(d.0[0].message.contains("the result exceeds"), "{d}");
+    }
+
+    #[test]
+    fn many_steps_plan_in_linear_time() {
+        // The most steps allowed, each naming the first: ids, `when` and positions must not be quadratic.
+        let mut src = String::from("steps:\n- {id: s0, cmd: x}\n");
+        for i in 1..1_000 {
+            src.push_str(&format!("- {{id: s{i}, cmd: x, when: [s0]}}\n"));
+        }
+        let p = plan("f.yaml", &src, &Inputs::default()).unwrap();
+        assert_eq!(p.steps.len(), 1_000);
+        assert_eq!(p.steps[999].depends_on, vec!["s0"]);
+        let more = format!("{src}- cmd: y\n");
+        let d = plan("f.yaml", &more, &Inputs::default()).unwrap_err();
+        assert_eq!(
+            d.0[0].message,
+            "the task has 1001 steps; at most 1000 are allowed"
+        );
+        assert_eq!((d.0[0].line, d.0[0].column), (2, 3));
+        let src = src.replacen("{id: s0, cmd: x}", "{id: s0, cmd: x, when: [s0]}", 1);
+        let d = plan("f.yaml", &src, &Inputs::default()).unwrap_err();
+        assert_eq!(d.0.len(), 1, "only step s0 names itself: {d}");
+        assert_eq!((d.0[0].line, d.0[0].column), (2, 26));
+        // Every step copies the task-level working directory.
+        let src = "workingDirectory: '{{ repeat 2000000 \"x\" }}'\nsteps:\n{{range 100}}- cmd: a\n{{end}}";
+        let d = plan("f.yaml", src, &Inputs::default()).unwrap_err();
+        assert!(d.0[0].message.contains("the task is too large"), "{d}");
+        assert_eq!(d.0.len(), 1);
+    }
+
+    #[test]
+    fn diagnostics_are_capped() {
+        let src = "env: [\"{{ range $i := until 5000 }}x{{ $i }},{{ end }}\"]\nsteps:\n- cmd: x\n";
+        let d = plan("f.yaml", src, &Inputs::default()).unwrap_err();
+        assert_eq!(d.0.len(), decode::MAX_DIAGNOSTICS);
     }
 
     #[test]

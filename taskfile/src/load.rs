@@ -30,11 +30,96 @@ const RUN_ALIASES: &[(&str, &str)] = &[
     ("Branch", "{{.Run.Branch}}"),
 ];
 
+/// Largest text the alias phase may produce (an alias can be long and used many times).
+pub const MAX_ALIAS_OUTPUT: usize = 16 << 20;
+
+/// Characters between two checkpoints of a [`TextIndex`].
+const CHECKPOINT_CHARS: usize = 64;
+
+/// Line starts and character checkpoints of a text, so a position is found in logarithmic
+/// time: a task with many steps asks for one per step, and rescanning a large rendered text
+/// each time would be quadratic.
+#[derive(Debug, Clone, Default)]
+pub struct TextIndex {
+    /// Byte offset of each line's first character (the first is 0).
+    line_starts: Vec<usize>,
+    /// Byte offset of every [`CHECKPOINT_CHARS`]-th character (the first is 0).
+    checkpoints: Vec<usize>,
+}
+
+impl TextIndex {
+    pub fn new(text: &str) -> Self {
+        let mut idx = TextIndex {
+            line_starts: vec![0],
+            checkpoints: Vec::with_capacity(text.len() / CHECKPOINT_CHARS + 1),
+        };
+        for (n, (b, c)) in text.char_indices().enumerate() {
+            if n % CHECKPOINT_CHARS == 0 {
+                idx.checkpoints.push(b);
+            }
+            if c == '\n' {
+                idx.line_starts.push(b + 1);
+            }
+        }
+        if idx.checkpoints.is_empty() {
+            idx.checkpoints.push(0);
+        }
+        idx
+    }
+
+    /// `off` clamped to the text and moved back to a character boundary.
+    fn floor(text: &str, off: usize) -> usize {
+        let mut off = off.min(text.len());
+        while !text.is_char_boundary(off) {
+            off -= 1;
+        }
+        off
+    }
+
+    /// 0-based line of a byte offset.
+    fn line_of(&self, off: usize) -> usize {
+        self.line_starts
+            .partition_point(|s| *s <= off)
+            .saturating_sub(1)
+    }
+
+    /// Byte offset where 0-based `line` starts (`None` past the last line).
+    fn line_start(&self, line: usize) -> Option<usize> {
+        self.line_starts.get(line).copied()
+    }
+
+    /// Number of characters before byte offset `off`.
+    fn char_index(&self, text: &str, off: usize) -> usize {
+        let off = Self::floor(text, off);
+        let k = self
+            .checkpoints
+            .partition_point(|c| *c <= off)
+            .saturating_sub(1);
+        let base = self.checkpoints.get(k).copied().unwrap_or(0).min(off);
+        k * CHECKPOINT_CHARS + text[base..off].chars().count()
+    }
+
+    /// Byte offset of character number `ci` (the text's length past the end).
+    fn byte_of_char(&self, text: &str, ci: usize) -> usize {
+        let Some(&base) = self.checkpoints.get(ci / CHECKPOINT_CHARS) else {
+            return text.len();
+        };
+        text[base..]
+            .char_indices()
+            .nth(ci % CHECKPOINT_CHARS)
+            .map(|(i, _)| base + i)
+            .unwrap_or(text.len())
+    }
+}
+
 /// Maps positions in intermediate texts back to the original file.
 #[derive(Debug, Clone, Default)]
 pub struct SourceMap {
     /// Text after comment stripping and alias-block removal.
     pre_alias: String,
+    pre_alias_index: TextIndex,
+    /// Index of the rendered text (set by [`render_with_map`]).
+    rendered_index: TextIndex,
     /// Line `i` (0-based) of `pre_alias` is line `line_map[i]` (0-based) of the original.
     line_map: Vec<usize>,
     /// Alias output offset → `pre_alias` offset (None: no alias phase).
@@ -48,11 +133,12 @@ pub struct SourceMap {
 impl SourceMap {
     /// Original 1-based (line, column) of a byte offset in `pre_alias`.
     fn pos_pre_alias(&self, off: usize) -> (u32, u32) {
-        let off = off.min(self.pre_alias.len());
-        let before = &self.pre_alias[..off];
-        let line_idx = before.matches('\n').count();
-        let line_start = before.rfind('\n').map(|p| p + 1).unwrap_or(0);
-        let col = self.pre_alias[line_start..off].chars().count() + 1;
+        let text = &self.pre_alias;
+        let idx = &self.pre_alias_index;
+        let off = TextIndex::floor(text, off);
+        let line_idx = idx.line_of(off);
+        let line_start = idx.line_start(line_idx).unwrap_or(0);
+        let col = idx.char_index(text, off) - idx.char_index(text, line_start) + 1;
         let orig_line = self
             .line_map
             .get(line_idx)
@@ -82,26 +168,18 @@ impl SourceMap {
     }
 
     /// Original position of a YAML mark in the rendered text.
+    /// `rendered` is the text [`render_with_map`] returned for this map.
     pub fn pos_mark(&self, rendered: &str, mark: yaml::Mark) -> (u32, u32) {
-        let mut off = 0usize;
-        let mut line = 1usize;
-        if mark.line > 1 {
-            for (i, b) in rendered.bytes().enumerate() {
-                if b == b'\n' {
-                    line += 1;
-                    if line == mark.line {
-                        off = i + 1;
-                        break;
-                    }
-                }
-            }
-            if line < mark.line {
-                off = rendered.len();
-            }
-        }
-        let rest = &rendered[off..];
-        let col_bytes: usize = rest.chars().take(mark.col).map(char::len_utf8).sum();
-        self.pos_rendered(off + col_bytes)
+        let idx = &self.rendered_index;
+        // Line `mark.line` (1-based), or the end of the text past its last line; the column
+        // counts characters from there (it may run past the end of the line).
+        let off = if mark.line > 1 {
+            idx.line_start(mark.line - 1).unwrap_or(rendered.len())
+        } else {
+            0
+        };
+        let ci = idx.char_index(rendered, off).saturating_add(mark.col);
+        self.pos_rendered(idx.byte_of_char(rendered, ci))
     }
 }
 
@@ -187,12 +265,13 @@ fn split_alias_block(text: &str, line_map: &[usize]) -> (String, String, Vec<usi
     (block.join("\n"), rest.join("\n"), rest_map)
 }
 
-/// The `$`-substitution state machine (spec §4.7). Returns the output and its source map.
+/// The `$`-substitution state machine (spec §4.7). Returns the output and its source map, or
+/// `None` when the output would exceed [`MAX_ALIAS_OUTPUT`] bytes.
 pub fn substitute_aliases(
     text: &str,
     directive: char,
     aliases: &BTreeMap<String, String>,
-) -> (String, Vec<Segment>) {
+) -> Option<(String, Vec<Segment>)> {
     let mut out = String::new();
     let mut segs: Vec<Segment> = Vec::new();
     let push = |out: &mut String, segs: &mut Vec<Segment>, s: &str, src: usize, literal: bool| {
@@ -257,6 +336,9 @@ pub fn substitute_aliases(
         }
         match aliases.get(&name) {
             Some(rep) => {
+                if out.len().saturating_add(rep.len()) > MAX_ALIAS_OUTPUT {
+                    return None;
+                }
                 push(&mut out, &mut segs, rep, start, false);
                 if c == Some(directive) {
                     name.clear();
@@ -273,7 +355,7 @@ pub fn substitute_aliases(
         }
         in_alias = false;
     }
-    (out, segs)
+    Some((out, segs))
 }
 
 /// `Run.Date` layout `20060102-150405z` (UTC) from milliseconds since the epoch.
@@ -465,6 +547,7 @@ pub fn render_with_map(
     }
     text.push_str(rest);
     map.removals = removals;
+    map.rendered_index = TextIndex::new(&text);
     Ok(text)
 }
 
@@ -598,6 +681,7 @@ pub fn load(
     let mut aliases = BTreeMap::new();
     let template_src = if aliases_enabled {
         let (block, rest, rest_map) = split_alias_block(&stripped, &line_map);
+        map.pre_alias_index = TextIndex::new(&rest);
         map.pre_alias = rest.clone();
         map.line_map = rest_map;
         let block_line = stripped
@@ -645,10 +729,18 @@ pub fn load(
         for (k, v) in RUN_ALIASES.iter().chain(IMAGE_ALIASES) {
             aliases.entry(k.to_string()).or_insert(v.to_string());
         }
-        let (out, segs) = substitute_aliases(&rest, directive, &aliases);
+        let Some((out, segs)) = substitute_aliases(&rest, directive, &aliases) else {
+            diags.push(diag(
+                file,
+                (1, 1),
+                format!("unable to search/replace aliases in task: the result exceeds {MAX_ALIAS_OUTPUT} bytes"),
+            ));
+            return None;
+        };
         map.alias_segments = Some(segs);
         out
     } else {
+        map.pre_alias_index = TextIndex::new(&stripped);
         map.pre_alias = stripped.clone();
         map.line_map = line_map;
         stripped.clone()
@@ -695,7 +787,7 @@ mod tests {
         let mut a = BTreeMap::new();
         a.insert("ID".to_string(), "{{.Run.ID}}".to_string());
         a.insert("reg".to_string(), "R".to_string());
-        let s = |t: &str| substitute_aliases(t, '$', &a).0;
+        let s = |t: &str| substitute_aliases(t, '$', &a).unwrap_or_default().0;
         assert_eq!(s("-t $reg/$repo:$ID ."), "-t R/$repo:{{.Run.ID}} .");
         assert_eq!(s("$$x"), "$x");
         assert_eq!(s("$$$ID"), "${{.Run.ID}}");
@@ -705,7 +797,75 @@ mod tests {
         assert_eq!(s("{{ $x := 1 }}"), "{{ $x := 1 }}");
         let mut e = BTreeMap::new();
         e.insert("i".to_string(), "I".to_string());
-        assert_eq!(substitute_aliases("🐳i🐳i $i", '🐳', &e).0, "II $i");
+        assert_eq!(
+            substitute_aliases("🐳i🐳i $i", '🐳', &e)
+                .unwrap_or_default()
+                .0,
+            "II $i"
+        );
+    }
+
+    /// The straightforward scans `TextIndex` replaces.
+    fn naive_line_col(text: &str, off: usize) -> (usize, usize) {
+        let before = &text[..off];
+        let line = before.matches('\n').count();
+        let start = before.rfind('\n').map(|p| p + 1).unwrap_or(0);
+        (line, text[start..off].chars().count())
+    }
+
+    fn naive_mark_offset(text: &str, line: usize, col: usize) -> usize {
+        let mut off = 0;
+        if line > 1 {
+            match text.match_indices('\n').nth(line - 2) {
+                Some((i, _)) => off = i + 1,
+                None => off = text.len(),
+            }
+        }
+        off + text[off..]
+            .chars()
+            .take(col)
+            .map(char::len_utf8)
+            .sum::<usize>()
+    }
+
+    #[test]
+    fn text_index_matches_a_plain_scan() {
+        let text = "ab\nçd€\n\n🐳x\ny".repeat(40);
+        let idx = TextIndex::new(&text);
+        for (off, _) in text.char_indices().chain([(text.len(), ' ')]) {
+            let line = idx.line_of(off);
+            let start = idx.line_start(line).unwrap();
+            let col = idx.char_index(&text, off) - idx.char_index(&text, start);
+            assert_eq!((line, col), naive_line_col(&text, off), "offset {off}");
+        }
+        for line in 0..170 {
+            for col in [0, 1, 3, 7, 70, 500] {
+                let off = if line > 1 {
+                    idx.line_start(line - 1).unwrap_or(text.len())
+                } else {
+                    0
+                };
+                let got = idx.byte_of_char(&text, idx.char_index(&text, off) + col);
+                assert_eq!(
+                    got,
+                    naive_mark_offset(&text, line, col),
+                    "line {line} col {col}"
+                );
+            }
+        }
+        // Offsets inside a character are moved back to its start.
+        assert_eq!(idx.char_index(&text, 4), idx.char_index(&text, 3));
+        let empty = TextIndex::new("");
+        assert_eq!(empty.byte_of_char("", 5), 0);
+        assert_eq!(empty.char_index("", 3), 0);
+    }
+
+    #[test]
+    fn alias_output_is_bounded() {
+        let mut a = BTreeMap::new();
+        a.insert("big".to_string(), "x".repeat(1 << 20));
+        assert!(substitute_aliases(&"$big ".repeat(10), '$', &a).is_some());
+        assert!(substitute_aliases(&"$big ".repeat(100), '$', &a).is_none());
     }
 
     #[test]

@@ -206,6 +206,50 @@ pub fn mask_secrets(text: &str, secrets: &BTreeMap<String, String>) -> String {
     out
 }
 
+impl Step {
+    /// Approximate bytes this step holds (for the plan size limit): its text plus the size
+    /// of a `String` for each list item.
+    pub fn text_bytes(&self) -> usize {
+        let list = |v: &[String]| {
+            v.iter()
+                .map(|s| s.len() + std::mem::size_of::<String>())
+                .sum::<usize>()
+        };
+        let kind = match &self.kind {
+            StepKind::Build(b) => {
+                b.args.len()
+                    + list(&b.tags)
+                    + list(&b.build_args)
+                    + list(&b.labels)
+                    + b.dockerfile.len()
+                    + b.context.len()
+                    + b.target.len()
+                    + b.platform.len()
+            }
+            StepKind::Cmd(c) => c.cmd.len(),
+            StepKind::Push(p) => list(&p.images),
+        };
+        kind + self.id.len()
+            + list(&self.when)
+            + list(&self.depends_on)
+            + list(&self.env)
+            + self.entry_point.len()
+            + self.working_directory.len()
+            + self.user.len()
+            + self.network.len()
+            + self.isolation.len()
+            + self.cpus.len()
+            + list(&self.ports)
+            + list(&self.expose)
+            + self
+                .volume_mounts
+                .iter()
+                .map(|m| m.name.len() + m.mount_path.len())
+                .sum::<usize>()
+            + list(&self.retry_on_errors)
+    }
+}
+
 impl Plan {
     /// The JSON object `kiln task plan -o json` prints for a valid task (`ok: true`).
     /// `rendered` is the text after templating. When `mask` is given, every occurrence of a

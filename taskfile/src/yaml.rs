@@ -7,7 +7,10 @@ use yaml_rust2::scanner::{Marker, TScalarStyle};
 
 /// Most nodes one document may expand to (guards against alias "billion laughs").
 const MAX_NODES: usize = 200_000;
-/// Deepest nesting accepted.
+/// Most scalar bytes that anchors and aliases may copy in one document (a large scalar
+/// repeated through an alias costs memory without adding many nodes).
+const MAX_ALIAS_BYTES: usize = 16 << 20;
+/// Deepest nesting accepted (aliases included: an alias counts as deep as the node it names).
 const MAX_DEPTH: usize = 200;
 
 /// A position in the parsed text: 1-based line, 0-based character column.
@@ -186,8 +189,10 @@ enum Frame {
 pub fn parse(text: &str) -> Result<Option<Node>, YamlError> {
     let mut parser = Parser::new_from_str(text);
     let mut stack: Vec<Frame> = Vec::new();
-    let mut anchors: std::collections::HashMap<usize, Node> = std::collections::HashMap::new();
+    let mut anchors = Anchors::new();
     let mut count = 0usize;
+    let mut alias_bytes = 0usize;
+
     let mut done: Option<Node> = None;
     loop {
         let (ev, marker) = parser.next_token().map_err(|e| YamlError {
@@ -206,20 +211,14 @@ pub fn parse(text: &str) -> Result<Option<Node>, YamlError> {
             Event::Nothing | Event::StreamStart | Event::DocumentStart => continue,
             Event::SequenceStart(anchor, _) => {
                 if stack.len() >= MAX_DEPTH {
-                    return Err(YamlError {
-                        mark,
-                        message: format!("nesting deeper than {MAX_DEPTH} levels"),
-                    });
+                    return Err(too_deep(mark));
                 }
                 stack.push(Frame::Seq(Vec::new(), mark, anchor));
                 continue;
             }
             Event::MappingStart(anchor, _) => {
                 if stack.len() >= MAX_DEPTH {
-                    return Err(YamlError {
-                        mark,
-                        message: format!("nesting deeper than {MAX_DEPTH} levels"),
-                    });
+                    return Err(too_deep(mark));
                 }
                 stack.push(Frame::Map(Vec::new(), None, mark, anchor));
                 continue;
@@ -247,7 +246,7 @@ pub fn parse(text: &str) -> Result<Option<Node>, YamlError> {
                     None => continue,
                 };
                 if anchor > 0 {
-                    anchors.insert(anchor, node.clone());
+                    anchor_node(&mut anchors, anchor, &node, mark, &mut alias_bytes)?;
                 }
                 node
             }
@@ -261,13 +260,24 @@ pub fn parse(text: &str) -> Result<Option<Node>, YamlError> {
                     mark,
                 };
                 if anchor > 0 {
-                    anchors.insert(anchor, node.clone());
+                    anchor_node(&mut anchors, anchor, &node, mark, &mut alias_bytes)?;
                 }
                 node
             }
             Event::Alias(id) => match anchors.get(&id) {
-                Some(n) => {
-                    count += count_nodes(n);
+                Some((n, st)) => {
+                    // Checked before copying anything.
+                    count = count.saturating_add(st.nodes);
+                    if count > MAX_NODES {
+                        return Err(too_many_nodes(mark));
+                    }
+                    alias_bytes = alias_bytes.saturating_add(st.bytes);
+                    if alias_bytes > MAX_ALIAS_BYTES {
+                        return Err(too_many_bytes(mark));
+                    }
+                    if stack.len() + st.depth > MAX_DEPTH {
+                        return Err(too_deep(mark));
+                    }
                     n.clone()
                 }
                 None => {
@@ -280,10 +290,7 @@ pub fn parse(text: &str) -> Result<Option<Node>, YamlError> {
         };
         count += 1;
         if count > MAX_NODES {
-            return Err(YamlError {
-                mark,
-                message: format!("document expands to more than {MAX_NODES} nodes"),
-            });
+            return Err(too_many_nodes(mark));
         }
         match stack.last_mut() {
             Some(Frame::Seq(items, _, _)) => items.push(node),
@@ -296,17 +303,81 @@ pub fn parse(text: &str) -> Result<Option<Node>, YamlError> {
     }
 }
 
-fn count_nodes(n: &Node) -> usize {
+type Anchors = std::collections::HashMap<usize, (Node, Stats)>;
+
+/// Records an anchored node; the copy is charged like an alias expansion.
+fn anchor_node(
+    anchors: &mut Anchors,
+    anchor: usize,
+    node: &Node,
+    mark: Mark,
+    alias_bytes: &mut usize,
+) -> Result<(), YamlError> {
+    let st = stats(node);
+    *alias_bytes = alias_bytes.saturating_add(st.bytes);
+    if *alias_bytes > MAX_ALIAS_BYTES {
+        return Err(too_many_bytes(mark));
+    }
+    anchors.insert(anchor, (node.clone(), st));
+    Ok(())
+}
+
+fn too_deep(mark: Mark) -> YamlError {
+    YamlError {
+        mark,
+        message: format!("nesting deeper than {MAX_DEPTH} levels"),
+    }
+}
+
+fn too_many_nodes(mark: Mark) -> YamlError {
+    YamlError {
+        mark,
+        message: format!("document expands to more than {MAX_NODES} nodes"),
+    }
+}
+
+fn too_many_bytes(mark: Mark) -> YamlError {
+    YamlError {
+        mark,
+        message: format!("anchors and aliases copy more than {MAX_ALIAS_BYTES} bytes"),
+    }
+}
+
+/// Size of an anchored node: nodes, scalar bytes and collection nesting (a scalar is 0).
+#[derive(Debug, Clone, Copy, Default)]
+struct Stats {
+    nodes: usize,
+    bytes: usize,
+    depth: usize,
+}
+
+fn stats(n: &Node) -> Stats {
+    let mut st = Stats {
+        nodes: 1,
+        ..Stats::default()
+    };
+    let add = |c: Stats, st: &mut Stats| {
+        st.nodes = st.nodes.saturating_add(c.nodes);
+        st.bytes = st.bytes.saturating_add(c.bytes);
+        st.depth = st.depth.max(c.depth + 1);
+    };
     match &n.kind {
-        Kind::Scalar { .. } => 1,
-        Kind::Seq(items) => 1 + items.iter().map(count_nodes).sum::<usize>(),
+        Kind::Scalar { value, .. } => st.bytes = value.len(),
+        Kind::Seq(items) => {
+            st.depth = 1;
+            for it in items {
+                add(stats(it), &mut st);
+            }
+        }
         Kind::Map(pairs) => {
-            1 + pairs
-                .iter()
-                .map(|(k, v)| count_nodes(k) + count_nodes(v))
-                .sum::<usize>()
+            st.depth = 1;
+            for (k, v) in pairs {
+                add(stats(k), &mut st);
+                add(stats(v), &mut st);
+            }
         }
     }
+    st
 }
 
 #[cfg(test)]
@@ -339,5 +410,45 @@ mod tests {
         assert_eq!(parse("").unwrap(), None);
         let bomb = "a: &a [x,x,x,x,x,x,x,x,x,x]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a,*a]\nc: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b,*b]\nd: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c,*c]\ne: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d,*d]\nf: [*e,*e,*e,*e,*e,*e,*e,*e,*e,*e]\n";
         assert!(parse(bomb).is_err());
+    }
+
+    #[test]
+    fn aliases_of_large_scalars_are_bounded() {
+        // 2000 copies of a 1 MB scalar: few nodes, but 2 GB of text.
+        let doc = format!(
+            "x: &x '{}'\ny: [{}]\n",
+            "a".repeat(1 << 20),
+            vec!["*x"; 2000].join(",")
+        );
+        let err = parse(&doc).unwrap_err();
+        assert!(err.message.contains("copy more than"), "{}", err.message);
+        assert_eq!(err.mark.line, 2);
+        // Nested anchors copy their subtree each time.
+        let mut doc = format!("a0: &a0 ['{}']\n", "x".repeat(1 << 20));
+        for i in 1..100 {
+            doc.push_str(&format!("a{i}: &a{i} [*a{}]\n", i - 1));
+        }
+        assert!(parse(&doc).unwrap_err().message.contains("copy more than"));
+    }
+
+    #[test]
+    fn aliases_count_towards_the_depth_limit() {
+        let mut doc = String::from("a0: &a0 [x]\n");
+        for i in 1..300 {
+            doc.push_str(&format!("a{i}: &a{i} [*a{}]\n", i - 1));
+        }
+        let err = parse(&doc).unwrap_err();
+        assert!(
+            err.message.contains("nesting deeper than 200"),
+            "{}",
+            err.message
+        );
+        // Within the limit aliases still expand.
+        let doc = parse("a: &a {x: [1, 2]}\nb: [*a, *a]\n").unwrap().unwrap();
+        let Some(Kind::Seq(items)) = doc.get("b").map(|b| &b.kind) else {
+            panic!("b is a sequence")
+        };
+        assert_eq!(items.len(), 2);
+        assert_eq!(Some(&items[0]), doc.get("a"));
     }
 }

@@ -1,10 +1,28 @@
 //! Executes a parsed template tree against a `Value`, like Go's `text/template` with
 //! `missingkey=zero`, bounded in output size, work and recursion. Records which source offset
 //! produced each piece of output so later errors can point at the original file.
+//!
+//! Bounds on hostile input: every value the executor copies or a function builds is charged
+//! to the step budget by its size ([`UNITS_PER_STEP`]), which bounds both the time and the
+//! memory one execution can use; function results are capped at `max_output` weight and
+//! [`MAX_VALUE_DEPTH`] nesting; recursion (control structures, parenthesised pipelines and
+//! template calls together) is capped at [`MAX_EVAL_NESTING`] so the stack stays small.
+
+use std::collections::HashMap;
 
 use super::funcs;
 use super::parse::{Arg, ArgKind, Cmd, Node, Pipe, Tree};
 use super::value::Value;
+
+/// Weight units (about a byte each, see [`Value::weight`]) of copied or built values that
+/// cost one evaluation step.
+pub const UNITS_PER_STEP: usize = 64;
+/// Deepest nesting of lists and maps a template function may build.
+pub const MAX_VALUE_DEPTH: usize = 100;
+/// Deepest nesting of evaluation: `if`/`range`/`with` bodies, parenthesised pipelines and
+/// `template` calls, counted together. Each level uses a few stack frames, so this keeps the
+/// executor well inside a 2 MiB thread stack even in debug builds.
+pub const MAX_EVAL_NESTING: usize = 100;
 
 /// Resource bounds of one execution.
 #[derive(Debug, Clone, Copy)]
@@ -66,14 +84,69 @@ fn fail<T>(pos: usize, at: &str, msg: impl Into<String>) -> R<T> {
     })
 }
 
+/// The variables in scope: a stack (popped when a scope ends) with an index by name so a
+/// lookup does not scan every variable declared so far.
+#[derive(Default)]
+struct Vars {
+    stack: Vec<(String, Value)>,
+    by_name: HashMap<String, Vec<usize>>,
+}
+
+impl Vars {
+    fn with_root(data: Value) -> Self {
+        let mut v = Vars::default();
+        v.push("$".to_string(), data);
+        v
+    }
+
+    fn len(&self) -> usize {
+        self.stack.len()
+    }
+
+    fn push(&mut self, name: String, value: Value) {
+        self.by_name
+            .entry(name.clone())
+            .or_default()
+            .push(self.stack.len());
+        self.stack.push((name, value));
+    }
+
+    fn truncate(&mut self, mark: usize) {
+        while self.stack.len() > mark {
+            if let Some((name, _)) = self.stack.pop() {
+                if let Some(slots) = self.by_name.get_mut(&name) {
+                    slots.pop();
+                    if slots.is_empty() {
+                        self.by_name.remove(&name);
+                    }
+                }
+            }
+        }
+    }
+
+    fn get(&self, name: &str) -> Option<&Value> {
+        let slot = *self.by_name.get(name)?.last()?;
+        self.stack.get(slot).map(|(_, v)| v)
+    }
+
+    fn get_mut(&mut self, name: &str) -> Option<&mut Value> {
+        let slot = *self.by_name.get(name)?.last()?;
+        self.stack.get_mut(slot).map(|(_, v)| v)
+    }
+}
+
 struct State<'a> {
     tree: &'a Tree,
     limits: Limits,
     out: String,
     segments: Vec<Segment>,
-    vars: Vec<(String, Value)>,
+    vars: Vars,
     steps: u64,
+    /// Nesting of `template` calls.
     depth: usize,
+    /// Nesting of evaluation (see [`MAX_EVAL_NESTING`]).
+    nest: usize,
+    funcs: funcs::Ctx,
 }
 
 /// Executes `tree` with `data` as dot and `$`.
@@ -88,9 +161,11 @@ pub fn execute(
         limits,
         out: String::new(),
         segments: Vec::new(),
-        vars: vec![("$".to_string(), data.clone())],
+        vars: Vars::with_root(data.clone()),
         steps: 0,
         depth: 0,
+        nest: 0,
+        funcs: funcs::Ctx::new(limits.max_output),
     };
     match st.walk_list(&tree.root, data) {
         Ok(_) => Ok((st.out, st.segments)),
@@ -105,9 +180,13 @@ pub fn execute(
     }
 }
 
-impl State<'_> {
+impl<'a> State<'a> {
     fn tick(&mut self, pos: usize) -> R<()> {
-        self.steps += 1;
+        self.add_steps(pos, 1)
+    }
+
+    fn add_steps(&mut self, pos: usize, n: u64) -> R<()> {
+        self.steps = self.steps.saturating_add(n);
         if self.steps > self.limits.max_steps {
             return fail(
                 pos,
@@ -118,6 +197,32 @@ impl State<'_> {
                 ),
             );
         }
+        Ok(())
+    }
+
+    /// Charges a value the executor copied or built by its weight.
+    fn charge(&mut self, pos: usize, v: &Value) -> R<()> {
+        let cost = match v {
+            // The common cases, without walking anything.
+            Value::Str(s) => s.len() / UNITS_PER_STEP,
+            Value::List(_) | Value::Map(_) => v.weight() / UNITS_PER_STEP,
+            _ => 0,
+        };
+        self.add_steps(pos, cost as u64)
+    }
+
+    /// Enters one level of evaluation nesting.
+    fn enter(&mut self, pos: usize) -> R<()> {
+        if self.nest >= MAX_EVAL_NESTING {
+            return fail(
+                pos,
+                "",
+                format!(
+                    "template evaluation nested deeper than {MAX_EVAL_NESTING} levels (runaway recursion?)"
+                ),
+            );
+        }
+        self.nest += 1;
         Ok(())
     }
 
@@ -154,6 +259,14 @@ impl State<'_> {
         Ok(Flow::Normal)
     }
 
+    /// Walks a nested body (one level of [`MAX_EVAL_NESTING`]).
+    fn walk_nested(&mut self, pos: usize, list: &[Node], dot: &Value) -> R<Flow> {
+        self.enter(pos)?;
+        let flow = self.walk_list(list, dot);
+        self.nest -= 1;
+        flow
+    }
+
     fn walk(&mut self, node: &Node, dot: &Value) -> R<Flow> {
         match node {
             Node::Text { pos, text } => {
@@ -186,12 +299,12 @@ impl State<'_> {
                 let is_with = matches!(node, Node::With { .. });
                 let flow = if v.truth() {
                     if is_with {
-                        self.walk_list(list, &v)?
+                        self.walk_nested(*pos, list, &v)?
                     } else {
-                        self.walk_list(list, dot)?
+                        self.walk_nested(*pos, list, dot)?
                     }
                 } else if let Some(el) = else_list {
-                    self.walk_list(el, dot)?
+                    self.walk_nested(*pos, el, dot)?
                 } else {
                     Flow::Normal
                 };
@@ -207,68 +320,15 @@ impl State<'_> {
                 self.tick(*pos)?;
                 let mark = self.vars.len();
                 // The declared variables are bound per iteration, not to the pipeline value.
-                let mut value_pipe = pipe.clone();
-                let decl = std::mem::take(&mut value_pipe.decl);
-                let v = self.eval_pipeline(dot, &value_pipe)?;
-                let items: Vec<(Value, Value)> = match &v {
-                    Value::List(l) => l
-                        .iter()
-                        .enumerate()
-                        .map(|(i, x)| (Value::Int(i as i64), x.clone()))
-                        .collect(),
-                    Value::Map(m) => m
-                        .iter()
-                        .map(|(k, x)| (Value::Str(k.clone()), x.clone()))
-                        .collect(),
-                    Value::Int(n) => {
-                        if *n < 0 {
-                            return fail(*pos, "", format!("range can't iterate over {n}"));
-                        }
-                        let n = (*n).min(self.limits.max_steps as i64 + 1);
-                        (0..n).map(|i| (Value::Int(i), Value::Int(i))).collect()
-                    }
-                    Value::Nil => Vec::new(),
-                    other => {
-                        return fail(
-                            *pos,
-                            "",
-                            format!("range can't iterate over {}", other.go_string()),
-                        )
-                    }
-                };
-                if items.is_empty() {
-                    if let Some(el) = else_list {
-                        let flow = self.walk_list(el, dot)?;
-                        self.vars.truncate(mark);
-                        return Ok(match flow {
-                            Flow::Normal => Flow::Normal,
-                            other => other,
-                        });
-                    }
-                    return Ok(Flow::Normal);
-                }
-                for (k, elem) in items {
-                    self.tick(*pos)?;
-                    let inner = self.vars.len();
-                    match decl.len() {
-                        1 => self.vars.push((decl[0].clone(), elem.clone())),
-                        2 => {
-                            self.vars.push((decl[0].clone(), k));
-                            self.vars.push((decl[1].clone(), elem.clone()));
-                        }
-                        _ => {}
-                    }
-                    let flow = self.walk_list(list, &elem)?;
-                    self.vars.truncate(inner);
-                    if matches!(flow, Flow::Break) {
-                        break;
-                    }
-                }
+                let v = self.eval_pipeline_value(dot, pipe)?;
+                let flow = self.range(*pos, &v, &pipe.decl, list, else_list.as_deref(), dot);
                 self.vars.truncate(mark);
+                flow?;
             }
             Node::Template { pos, name, pipe } => {
                 self.tick(*pos)?;
-                let Some(body) = self.tree.defines.get(name) else {
+                let tree: &'a Tree = self.tree;
+                let Some(body) = tree.defines.get(name) else {
                     return fail(
                         *pos,
                         "",
@@ -291,9 +351,9 @@ impl State<'_> {
                 }
                 self.depth += 1;
                 // A called template sees only `$` = its dot.
-                let saved = std::mem::replace(&mut self.vars, vec![("$".into(), new_dot.clone())]);
-                let body = body.clone();
-                let result = self.walk_list(&body, &new_dot);
+                self.charge(*pos, &new_dot)?;
+                let saved = std::mem::replace(&mut self.vars, Vars::with_root(new_dot.clone()));
+                let result = self.walk_nested(*pos, body, &new_dot);
                 self.vars = saved;
                 self.depth -= 1;
                 result?;
@@ -304,23 +364,116 @@ impl State<'_> {
         Ok(Flow::Normal)
     }
 
-    fn eval_pipeline(&mut self, dot: &Value, pipe: &Pipe) -> R<Value> {
+    /// Runs a `range` over `v` (variables are restored by the caller).
+    fn range(
+        &mut self,
+        pos: usize,
+        v: &Value,
+        decl: &[String],
+        list: &[Node],
+        else_list: Option<&[Node]>,
+        dot: &Value,
+    ) -> R<()> {
+        let empty = match v {
+            Value::List(l) => l.is_empty(),
+            Value::Map(m) => m.is_empty(),
+            Value::Int(n) if *n < 0 => {
+                return fail(pos, "", format!("range can't iterate over {n}"));
+            }
+            Value::Int(n) => *n == 0,
+            Value::Nil => true,
+            other => {
+                return fail(
+                    pos,
+                    "",
+                    format!("range can't iterate over {}", other.go_string()),
+                )
+            }
+        };
+        if empty {
+            if let Some(el) = else_list {
+                self.walk_nested(pos, el, dot)?;
+            }
+            return Ok(());
+        }
+        self.enter(pos)?;
+        let result = match v {
+            Value::List(l) => self.range_items(
+                pos,
+                l.iter()
+                    .enumerate()
+                    .map(|(i, x)| (Value::Int(i as i64), x.clone())),
+                decl,
+                list,
+            ),
+            Value::Map(m) => self.range_items(
+                pos,
+                m.iter().map(|(k, x)| (Value::Str(k.clone()), x.clone())),
+                decl,
+                list,
+            ),
+            // Counted lazily: the step budget ends a huge count long before it is reached.
+            Value::Int(n) => self.range_items(
+                pos,
+                (0..*n).map(|i| (Value::Int(i), Value::Int(i))),
+                decl,
+                list,
+            ),
+            _ => Ok(()),
+        };
+        self.nest -= 1;
+        result
+    }
+
+    fn range_items(
+        &mut self,
+        pos: usize,
+        items: impl Iterator<Item = (Value, Value)>,
+        decl: &[String],
+        list: &[Node],
+    ) -> R<()> {
+        for (k, elem) in items {
+            self.tick(pos)?;
+            self.charge(pos, &elem)?;
+            let inner = self.vars.len();
+            match decl {
+                [v] => self.vars.push(v.clone(), elem.clone()),
+                [i, v] => {
+                    self.vars.push(i.clone(), k);
+                    self.vars.push(v.clone(), elem.clone());
+                }
+                _ => {}
+            }
+            let flow = self.walk_list(list, &elem)?;
+            self.vars.truncate(inner);
+            if matches!(flow, Flow::Break) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// The value of a pipeline's commands, ignoring its declarations.
+    fn eval_pipeline_value(&mut self, dot: &Value, pipe: &Pipe) -> R<Value> {
         let mut value: Option<Value> = None;
         for cmd in &pipe.cmds {
             self.tick(cmd.pos)?;
             value = Some(self.eval_command(dot, cmd, value)?);
         }
-        let v = value.unwrap_or(Value::Nil);
-        if pipe.assign {
-            for name in &pipe.decl {
-                match self.vars.iter_mut().rev().find(|(n, _)| n == name) {
-                    Some(slot) => slot.1 = v.clone(),
+        Ok(value.unwrap_or(Value::Nil))
+    }
+
+    fn eval_pipeline(&mut self, dot: &Value, pipe: &Pipe) -> R<Value> {
+        let v = self.eval_pipeline_value(dot, pipe)?;
+        for name in &pipe.decl {
+            self.charge(pipe.pos, &v)?;
+            if pipe.assign {
+                match self.vars.get_mut(name) {
+                    Some(slot) => *slot = v.clone(),
                     None => return fail(pipe.pos, "", format!("undefined variable: {name}")),
                 }
-            }
-        } else {
-            for name in &pipe.decl {
-                self.vars.push((name.clone(), v.clone()));
+            } else {
+                self.vars.push(name.clone(), v.clone());
             }
         }
         Ok(v)
@@ -340,7 +493,7 @@ impl State<'_> {
                         format!("{f} is not a method but has arguments"),
                     );
                 }
-                self.walk_fields(dot.clone(), fields, first)
+                self.walk_fields(dot, fields, first)
             }
             ArgKind::Var(name, fields) => {
                 if has_args {
@@ -350,8 +503,7 @@ impl State<'_> {
                         format!("can't give argument to non-function {}", first.text),
                     );
                 }
-                let base = self.lookup_var(name, first)?;
-                self.walk_fields(base, fields, first)
+                self.var_fields(name, fields, first)
             }
             ArgKind::Chain(inner, fields) => {
                 if has_args {
@@ -362,7 +514,7 @@ impl State<'_> {
                     );
                 }
                 let base = self.eval_arg(dot, inner)?;
-                self.walk_fields(base, fields, first)
+                self.walk_fields(&base, fields, first)
             }
             ArgKind::Nil => fail(first.pos, &first.text, "nil is not a command"),
             _ => {
@@ -378,18 +530,30 @@ impl State<'_> {
         }
     }
 
-    fn lookup_var(&self, name: &str, arg: &Arg) -> R<Value> {
-        match self.vars.iter().rev().find(|(n, _)| n == name) {
-            Some((_, v)) => Ok(v.clone()),
-            None => fail(arg.pos, &arg.text, format!("undefined variable: {name}")),
-        }
+    /// `$name.A.B`: the variable's field, copied (and charged).
+    fn var_fields(&mut self, name: &str, fields: &[String], arg: &Arg) -> R<Value> {
+        let v = match self.vars.get(name) {
+            Some(base) => Self::field_of(base, fields, arg)?.clone(),
+            None => return fail(arg.pos, &arg.text, format!("undefined variable: {name}")),
+        };
+        self.charge(arg.pos, &v)?;
+        Ok(v)
     }
 
-    fn walk_fields(&self, base: Value, fields: &[String], arg: &Arg) -> R<Value> {
+    /// `base.A.B`, copied (and charged).
+    fn walk_fields(&mut self, base: &Value, fields: &[String], arg: &Arg) -> R<Value> {
+        let v = Self::field_of(base, fields, arg)?.clone();
+        self.charge(arg.pos, &v)?;
+        Ok(v)
+    }
+
+    /// Follows `fields` from `base` without copying anything.
+    fn field_of<'v>(base: &'v Value, fields: &[String], arg: &Arg) -> R<&'v Value> {
+        const NIL: &Value = &Value::Nil;
         let mut cur = base;
         for f in fields {
             cur = match cur {
-                Value::Map(mut m) => m.remove(f).unwrap_or(Value::Nil),
+                Value::Map(m) => m.get(f).unwrap_or(NIL),
                 Value::Nil => {
                     return fail(
                         arg.pos,
@@ -411,26 +575,32 @@ impl State<'_> {
 
     fn eval_arg(&mut self, dot: &Value, arg: &Arg) -> R<Value> {
         match &arg.kind {
-            ArgKind::Dot => Ok(dot.clone()),
+            ArgKind::Dot => {
+                self.charge(arg.pos, dot)?;
+                Ok(dot.clone())
+            }
             ArgKind::Nil => Ok(Value::Nil),
             ArgKind::Bool(b) => Ok(Value::Bool(*b)),
             ArgKind::Int(i) => Ok(Value::Int(*i)),
             ArgKind::Float(f) => Ok(Value::Float(*f)),
-            ArgKind::Str(s) => Ok(Value::Str(s.clone())),
-            ArgKind::Ident(name) => self.eval_function(dot, name, arg, &[], None),
-            ArgKind::Field(fields) => self.walk_fields(dot.clone(), fields, arg),
-            ArgKind::Var(name, fields) => {
-                let base = self.lookup_var(name, arg)?;
-                self.walk_fields(base, fields, arg)
+            ArgKind::Str(s) => {
+                let v = Value::Str(s.clone());
+                self.charge(arg.pos, &v)?;
+                Ok(v)
             }
+            ArgKind::Ident(name) => self.eval_function(dot, name, arg, &[], None),
+            ArgKind::Field(fields) => self.walk_fields(dot, fields, arg),
+            ArgKind::Var(name, fields) => self.var_fields(name, fields, arg),
             ArgKind::Chain(inner, fields) => {
                 let base = self.eval_arg(dot, inner)?;
-                self.walk_fields(base, fields, arg)
+                self.walk_fields(&base, fields, arg)
             }
             ArgKind::Pipe(p) => {
+                self.enter(arg.pos)?;
                 let mark = self.vars.len();
                 let v = self.eval_pipeline(dot, p);
                 self.vars.truncate(mark);
+                self.nest -= 1;
                 v
             }
         }
@@ -466,18 +636,56 @@ impl State<'_> {
             }
             return Ok(v);
         }
+        // The arguments together may not exceed the value limit: a function's result is at
+        // most a small multiple of them, so this bounds what one call can build.
+        let cap = self.limits.max_output;
         let mut vals = Vec::with_capacity(args.len() + 1);
+        let mut weight = 0usize;
+        let too_big = || {
+            fail(
+                at.pos,
+                &at.text,
+                format!("error calling {name}: arguments exceed the limit of {cap} bytes"),
+            )
+        };
         for a in args {
-            vals.push(self.eval_arg(dot, a)?);
+            let v = self.eval_arg(dot, a)?;
+            weight = weight.saturating_add(v.measure(cap).0);
+            if weight > cap {
+                return too_big();
+            }
+            vals.push(v);
         }
         if let Some(l) = last {
+            weight = weight.saturating_add(l.measure(cap).0);
+            if weight > cap {
+                return too_big();
+            }
             vals.push(l);
         }
-        let weight: usize = vals.iter().map(Value::weight).sum();
-        self.steps += (weight / 1024) as u64;
-        match funcs::call(name, vals, self.limits.max_output) {
-            Ok(v) => Ok(v),
-            Err(e) => fail(at.pos, &at.text, format!("error calling {name}: {e}")),
+        let result = funcs::call(name, vals, &mut self.funcs);
+        let cost = std::mem::take(&mut self.funcs.cost);
+        self.add_steps(at.pos, cost)?;
+        let v = match result {
+            Ok(v) => v,
+            Err(e) => return fail(at.pos, &at.text, format!("error calling {name}: {e}")),
+        };
+        let (w, depth) = v.measure(cap);
+        if w > cap {
+            return fail(
+                at.pos,
+                &at.text,
+                format!("error calling {name}: result exceeds the limit of {cap} bytes"),
+            );
         }
+        if depth > MAX_VALUE_DEPTH {
+            return fail(
+                at.pos,
+                &at.text,
+                format!("error calling {name}: result nested deeper than {MAX_VALUE_DEPTH} levels"),
+            );
+        }
+        self.add_steps(at.pos, (w / UNITS_PER_STEP) as u64)?;
+        Ok(v)
     }
 }

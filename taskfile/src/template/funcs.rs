@@ -13,6 +13,50 @@ use super::value::Value;
 /// Largest list `until`/`untilStep`/`seq` may build.
 const MAX_LIST: i64 = 100_000;
 
+/// Compiled-size limit of one regular expression.
+const REGEX_SIZE_LIMIT: usize = 1 << 18;
+/// Evaluation steps charged for compiling a regular expression (compiling is far more costly
+/// than one step; repeated patterns come from the cache and are not charged again).
+const REGEX_COMPILE_STEPS: u64 = 1_000;
+/// Compiled regular expressions kept per execution.
+const REGEX_CACHE: usize = 16;
+
+/// What a function call may use and what it cost beyond its arguments.
+pub struct Ctx {
+    /// Largest string or value (in [`Value::weight`] units) a function may build.
+    pub limit: usize,
+    /// Extra evaluation steps the calls so far cost (taken and reset by the executor).
+    pub cost: u64,
+    /// Recently compiled regular expressions.
+    regexes: Vec<(String, regex::Regex)>,
+}
+
+impl Ctx {
+    pub fn new(limit: usize) -> Self {
+        Ctx {
+            limit,
+            cost: 0,
+            regexes: Vec::new(),
+        }
+    }
+
+    fn regex(&mut self, p: &str) -> Result<regex::Regex, String> {
+        if let Some((_, re)) = self.regexes.iter().find(|(q, _)| q == p) {
+            return Ok(re.clone());
+        }
+        self.cost += REGEX_COMPILE_STEPS;
+        let re = regex::RegexBuilder::new(p)
+            .size_limit(REGEX_SIZE_LIMIT)
+            .build()
+            .map_err(|e| e.to_string())?;
+        if self.regexes.len() >= REGEX_CACHE {
+            self.regexes.remove(0);
+        }
+        self.regexes.push((p.to_string(), re.clone()));
+        Ok(re)
+    }
+}
+
 /// Names of every function the engine knows (used for parse-time checking).
 pub const NAMES: &[&str] = &[
     // Go built-ins.
@@ -243,7 +287,7 @@ fn parse_go_int(x: &str) -> Option<i64> {
     } else {
         lower.parse::<i64>().ok()?
     };
-    Some(if neg { -v } else { v })
+    Some(if neg { v.wrapping_neg() } else { v })
 }
 
 fn to_f64(v: &Value) -> f64 {
@@ -375,8 +419,9 @@ fn pad(text: String, width: Option<usize>, left: bool, zero: bool) -> String {
     }
 }
 
-/// Go's `fmt.Sprintf` for the verbs templates use.
-pub fn sprintf(format: &str, args: &[Value]) -> String {
+/// Go's `fmt.Sprintf` for the verbs templates use; `Err` once the text would exceed `limit`
+/// bytes (checked as it is built, so a format of many wide verbs cannot exhaust memory).
+pub fn sprintf(format: &str, args: &[Value], limit: usize) -> Result<String, String> {
     let mut out = String::new();
     let mut chars = format.chars().peekable();
     let mut next_arg = 0usize;
@@ -506,6 +551,14 @@ pub fn sprintf(format: &str, args: &[Value]) -> String {
             ('g', Value::Float(f)) => Value::Float(*f).go_string(),
             (_, a) => bad(a),
         };
+        if out
+            .len()
+            .saturating_add(text.len())
+            .saturating_add(width.unwrap_or(0))
+            > limit
+        {
+            return Err(format!("printf result exceeds {limit} bytes"));
+        }
         out.push_str(&pad(text, width, left, zero && !left));
     }
     if next_arg < args.len() {
@@ -517,7 +570,8 @@ pub fn sprintf(format: &str, args: &[Value]) -> String {
         out.push_str(&extra.join(", "));
         out.push(')');
     }
-    out
+    check_size(out.len(), limit, "printf")?;
+    Ok(out)
 }
 
 fn html_escape(x: &str) -> String {
@@ -609,11 +663,28 @@ fn title(x: &str) -> String {
     out
 }
 
-fn regex(p: &str) -> Result<regex::Regex, String> {
-    regex::RegexBuilder::new(p)
-        .size_limit(1 << 20)
-        .build()
-        .map_err(|e| e.to_string())
+/// Collects the strings of `parts` as a list value, failing once its weight exceeds `limit`
+/// (a split of a large text into many small pieces is much larger than the text).
+fn bounded_list<'s>(
+    parts: impl Iterator<Item = &'s str>,
+    limit: usize,
+    name: &str,
+) -> Result<Vec<Value>, String> {
+    let mut weight = 0usize;
+    let mut out = Vec::new();
+    for p in parts {
+        weight = weight
+            .saturating_add(p.len())
+            .saturating_add(super::value::NODE_WEIGHT);
+        check_size(weight, limit, name)?;
+        out.push(Value::Str(p.to_string()));
+    }
+    Ok(out)
+}
+
+/// Keys for hash-based membership; `None` when some value has no key (contains NaN).
+fn keys_of(values: &[Value]) -> Option<std::collections::HashSet<String>> {
+    values.iter().map(Value::identity_key).collect()
 }
 
 fn check_len(n: i64, name: &str) -> Result<(), String> {
@@ -657,8 +728,10 @@ fn clean_path(p: &str) -> String {
     }
 }
 
-/// Calls function `name`. `limit` bounds the size of strings a function may build.
-pub fn call(name: &str, a: Vec<Value>, limit: usize) -> F {
+/// Calls function `name`. `ctx.limit` bounds the size of strings and lists a function may
+/// build; work beyond the arguments' size is added to `ctx.cost`.
+pub fn call(name: &str, a: Vec<Value>, ctx: &mut Ctx) -> F {
+    let limit = ctx.limit;
     let a = &a[..];
     match name {
         "not" => {
@@ -743,9 +816,7 @@ pub fn call(name: &str, a: Vec<Value>, limit: usize) -> F {
         }
         "printf" => {
             want_min(name, a, 1)?;
-            let t = sprintf(s(&a[0])?, &a[1..]);
-            check_size(t.len(), limit, name)?;
-            Ok(Value::Str(t))
+            Ok(Value::Str(sprintf(s(&a[0])?, &a[1..], limit)?))
         }
         "eq" => {
             want_min(name, a, 2)?;
@@ -905,7 +976,7 @@ pub fn call(name: &str, a: Vec<Value>, limit: usize) -> F {
         }
         "trimAll" | "trimall" => {
             want(name, a, 2)?;
-            let cut: Vec<char> = s(&a[0])?.chars().collect();
+            let cut: std::collections::HashSet<char> = s(&a[0])?.chars().collect();
             Ok(Value::Str(
                 s(&a[1])?.trim_matches(|c| cut.contains(&c)).to_string(),
             ))
@@ -1017,22 +1088,24 @@ pub fn call(name: &str, a: Vec<Value>, limit: usize) -> F {
                 want(name, a, 2)?;
                 (s(&a[0])?, s(&a[1])?, None)
             };
-            let parts: Vec<String> = match (sep.is_empty(), n) {
-                (true, _) => x.chars().map(|c| c.to_string()).collect(),
-                (false, Some(n)) if n > 0 => {
-                    x.splitn(n as usize, sep).map(str::to_string).collect()
-                }
+            let parts: Vec<Value> = match (sep.is_empty(), n) {
+                (true, _) => bounded_list(
+                    x.char_indices().map(|(i, c)| &x[i..i + c.len_utf8()]),
+                    limit,
+                    name,
+                )?,
+                (false, Some(n)) if n > 0 => bounded_list(x.splitn(n as usize, sep), limit, name)?,
                 (false, Some(_)) => Vec::new(),
-                (false, None) => x.split(sep).map(str::to_string).collect(),
+                (false, None) => bounded_list(x.split(sep), limit, name)?,
             };
             if name == "splitList" {
-                Ok(Value::List(parts.into_iter().map(Value::Str).collect()))
+                Ok(Value::List(parts))
             } else {
                 Ok(Value::Map(
                     parts
                         .into_iter()
                         .enumerate()
-                        .map(|(k, v)| (format!("_{k}"), Value::Str(v)))
+                        .map(|(k, v)| (format!("_{k}"), v))
                         .collect(),
                 ))
             }
@@ -1045,6 +1118,12 @@ pub fn call(name: &str, a: Vec<Value>, limit: usize) -> F {
                 Value::Nil => Vec::new(),
                 other => vec![strval(other)],
             };
+            let total = items
+                .iter()
+                .map(String::len)
+                .fold(0usize, usize::saturating_add)
+                .saturating_add(items.len().saturating_mul(sep.len()));
+            check_size(total, limit, name)?;
             let t = items.join(sep);
             check_size(t.len(), limit, name)?;
             Ok(Value::Str(t))
@@ -1301,16 +1380,32 @@ pub fn call(name: &str, a: Vec<Value>, limit: usize) -> F {
         "without" => {
             want_min(name, a, 1)?;
             let l = list_of(name, &a[0])?;
+            // A hash set keeps this linear; values with NaN (equal to nothing) are kept as is.
+            let Some(drop) = keys_of(&a[1..]) else {
+                ctx.cost += (l.len() as u64).saturating_mul(a.len() as u64) / 64;
+                return Ok(Value::List(
+                    l.into_iter().filter(|v| !a[1..].contains(v)).collect(),
+                ));
+            };
             Ok(Value::List(
-                l.into_iter().filter(|v| !a[1..].contains(v)).collect(),
+                l.into_iter()
+                    .filter(|v| v.identity_key().is_none_or(|k| !drop.contains(&k)))
+                    .collect(),
             ))
         }
         "uniq" => {
             want(name, a, 1)?;
             let mut out: Vec<Value> = Vec::new();
+            let mut seen = std::collections::HashSet::new();
             for v in list_of(name, &a[0])? {
-                if !out.contains(&v) {
-                    out.push(v);
+                match v.identity_key() {
+                    Some(k) => {
+                        if seen.insert(k) {
+                            out.push(v);
+                        }
+                    }
+                    // NaN is unequal to everything, so such a value is always new.
+                    None => out.push(v),
                 }
             }
             Ok(Value::List(out))
@@ -1351,11 +1446,13 @@ pub fn call(name: &str, a: Vec<Value>, limit: usize) -> F {
             Ok(Value::List((0..n.max(0)).map(Value::Int).collect()))
         }
         "untilStep" | "seq" => {
-            let (start, stop, step) = if name == "seq" {
+            // i128: the bounds are i64 values plus or minus one.
+            let wide = |v: &Value| i128::from(to_i64(v));
+            let (start, stop, step): (i128, i128, i128) = if name == "seq" {
                 match a.len() {
-                    1 => (1, to_i64(&a[0]) + 1, 1),
+                    1 => (1, wide(&a[0]) + 1, 1),
                     2 => {
-                        let (x, y) = (to_i64(&a[0]), to_i64(&a[1]));
+                        let (x, y) = (wide(&a[0]), wide(&a[1]));
                         if x <= y {
                             (x, y + 1, 1)
                         } else {
@@ -1363,20 +1460,24 @@ pub fn call(name: &str, a: Vec<Value>, limit: usize) -> F {
                         }
                     }
                     3 => {
-                        let (x, st, y) = (to_i64(&a[0]), to_i64(&a[1]), to_i64(&a[2]));
+                        let (x, st, y) = (wide(&a[0]), wide(&a[1]), wide(&a[2]));
                         (x, if st >= 0 { y + 1 } else { y - 1 }, st)
                     }
                     _ => return Err("wrong number of args for seq".into()),
                 }
             } else {
                 want(name, a, 3)?;
-                (i(&a[0])?, i(&a[1])?, i(&a[2])?)
+                (
+                    i128::from(i(&a[0])?),
+                    i128::from(i(&a[1])?),
+                    i128::from(i(&a[2])?),
+                )
             };
             if step == 0 {
                 return Ok(Value::List(Vec::new()));
             }
-            let count = ((stop as i128 - start as i128) / step as i128).max(0);
-            if count > MAX_LIST as i128 {
+            let count = ((stop - start) / step).max(0);
+            if count > i128::from(MAX_LIST) {
                 return Err(format!(
                     "{name} would produce {count} items (limit {MAX_LIST})"
                 ));
@@ -1384,8 +1485,9 @@ pub fn call(name: &str, a: Vec<Value>, limit: usize) -> F {
             let mut out = Vec::new();
             let mut x = start;
             while (step > 0 && x < stop) || (step < 0 && x > stop) {
-                out.push(Value::Int(x));
-                x = x.saturating_add(step);
+                // Within [start, stop), so within i64.
+                out.push(Value::Int(i64::try_from(x).unwrap_or_default()));
+                x += step;
             }
             if name == "seq" {
                 let t: Vec<String> = out.iter().map(Value::go_string).collect();
@@ -1459,7 +1561,7 @@ pub fn call(name: &str, a: Vec<Value>, limit: usize) -> F {
         "pick" | "omit" => {
             want_min(name, a, 1)?;
             let m = map_of(&a[0])?;
-            let names: Vec<String> = a[1..].iter().map(strval).collect();
+            let names: std::collections::HashSet<String> = a[1..].iter().map(strval).collect();
             Ok(Value::Map(
                 m.into_iter()
                     .filter(|(k, _)| names.contains(k) == (name == "pick"))
@@ -1469,12 +1571,12 @@ pub fn call(name: &str, a: Vec<Value>, limit: usize) -> F {
 
         "regexMatch" => {
             want(name, a, 2)?;
-            Ok(Value::Bool(regex(s(&a[0])?)?.is_match(s(&a[1])?)))
+            Ok(Value::Bool(ctx.regex(s(&a[0])?)?.is_match(s(&a[1])?)))
         }
         "regexFind" => {
             want(name, a, 2)?;
             Ok(Value::Str(
-                regex(s(&a[0])?)?
+                ctx.regex(s(&a[0])?)?
                     .find(s(&a[1])?)
                     .map(|m| m.as_str().to_string())
                     .unwrap_or_default(),
@@ -1483,39 +1585,53 @@ pub fn call(name: &str, a: Vec<Value>, limit: usize) -> F {
         "regexFindAll" => {
             want(name, a, 3)?;
             let n = i(&a[2])?;
-            let re = regex(s(&a[0])?)?;
-            let it = re
-                .find_iter(s(&a[1])?)
-                .map(|m| Value::Str(m.as_str().to_string()));
+            let re = ctx.regex(s(&a[0])?)?;
+            let it = re.find_iter(s(&a[1])?).map(|m| m.as_str());
             Ok(Value::List(if n < 0 {
-                it.collect()
+                bounded_list(it, limit, name)?
             } else {
-                it.take(n as usize).collect()
+                bounded_list(it.take(n as usize), limit, name)?
             }))
         }
         "regexReplaceAll" | "regexReplaceAllLiteral" => {
             want(name, a, 3)?;
-            let re = regex(s(&a[0])?)?;
+            let re = ctx.regex(s(&a[0])?)?;
             let (src, repl) = (s(&a[1])?, s(&a[2])?);
-            let t = if name == "regexReplaceAll" {
-                re.replace_all(src, repl).into_owned()
-            } else {
-                re.replace_all(src, regex::NoExpand(repl)).into_owned()
-            };
+            // Replaces match by match, checking the size before each expansion: every `$`
+            // reference expands to at most the whole match.
+            let expand = name == "regexReplaceAll";
+            let refs = if expand { repl.matches('$').count() } else { 0 };
+            let mut t = String::new();
+            let mut last = 0;
+            for caps in re.captures_iter(src) {
+                let Some(m) = caps.get(0) else { continue };
+                let bound = t
+                    .len()
+                    .saturating_add(m.start() - last)
+                    .saturating_add(repl.len())
+                    .saturating_add(refs.saturating_mul(m.len()));
+                check_size(bound, limit, name)?;
+                t.push_str(&src[last..m.start()]);
+                if expand {
+                    caps.expand(repl, &mut t);
+                } else {
+                    t.push_str(repl);
+                }
+                last = m.end();
+            }
+            t.push_str(&src[last..]);
             check_size(t.len(), limit, name)?;
             Ok(Value::Str(t))
         }
         "regexSplit" => {
             want(name, a, 3)?;
-            let re = regex(s(&a[0])?)?;
+            let re = ctx.regex(s(&a[0])?)?;
             let n = i(&a[2])?;
             let x = s(&a[1])?;
             let parts: Vec<Value> = if n < 0 {
-                re.split(x).map(|p| Value::Str(p.to_string())).collect()
+                bounded_list(re.split(x), limit, name)?
             } else {
-                re.splitn(x, n as usize)
-                    .map(|p| Value::Str(p.to_string()))
-                    .collect()
+                bounded_list(re.splitn(x, n as usize), limit, name)?
             };
             Ok(Value::List(parts))
         }
@@ -1623,7 +1739,11 @@ mod tests {
     use super::*;
 
     fn c(name: &str, a: Vec<Value>) -> Value {
-        call(name, a, 1 << 20).unwrap()
+        call(name, a, &mut Ctx::new(1 << 20)).unwrap()
+    }
+
+    fn try_call(name: &str, a: Vec<Value>, limit: usize) -> F {
+        call(name, a, &mut Ctx::new(limit))
     }
 
     #[test]
@@ -1639,13 +1759,21 @@ mod tests {
                     Value::Int(42),
                     "b".into(),
                     Value::Int(255)
-                ]
-            ),
+                ],
+                1000
+            )
+            .unwrap(),
             "a-3-true-\"q\"-00042-b  |ff"
         );
-        assert_eq!(sprintf("%d", &["x".into()]), "%!d(string=x)");
-        assert_eq!(sprintf("%s %s", &["x".into()]), "x %!s(MISSING)");
-        assert_eq!(sprintf("%.2f", &[Value::Float(1.234)]), "1.23");
+        assert_eq!(sprintf("%d", &["x".into()], 1000).unwrap(), "%!d(string=x)");
+        assert_eq!(
+            sprintf("%s %s", &["x".into()], 1000).unwrap(),
+            "x %!s(MISSING)"
+        );
+        assert_eq!(
+            sprintf("%.2f", &[Value::Float(1.234)], 1000).unwrap(),
+            "1.23"
+        );
     }
 
     #[test]
@@ -1694,9 +1822,9 @@ mod tests {
             c("title", vec!["hello world".into()]),
             Value::Str("Hello World".into())
         );
-        assert!(call("upper", vec![Value::Int(1)], 100).is_err());
-        assert!(call("upper", vec![Value::Nil], 100).is_err());
-        assert!(call("repeat", vec![Value::Int(1 << 40), "ab".into()], 1 << 20).is_err());
+        assert!(try_call("upper", vec![Value::Int(1)], 100).is_err());
+        assert!(try_call("upper", vec![Value::Nil], 100).is_err());
+        assert!(try_call("repeat", vec![Value::Int(1 << 40), "ab".into()], 1 << 20).is_err());
     }
 
     #[test]
@@ -1706,7 +1834,7 @@ mod tests {
             Value::Bool(true)
         );
         assert_eq!(c("eq", vec![Value::Nil, "".into()]), Value::Bool(false));
-        assert!(call("eq", vec![Value::Int(1), "1".into()], 10).is_err());
+        assert!(try_call("eq", vec![Value::Int(1), "1".into()], 10).is_err());
         assert_eq!(c("lt", vec!["a".into(), "b".into()]), Value::Bool(true));
         assert_eq!(
             c("ge", vec![Value::Int(2), Value::Int(2)]),
@@ -1719,17 +1847,166 @@ mod tests {
     }
 
     #[test]
+    fn integer_edges_do_not_overflow() {
+        assert!(try_call("seq", vec![Value::Int(i64::MAX)], 1 << 20)
+            .unwrap_err()
+            .contains("(limit 100000)"));
+        assert!(try_call(
+            "seq",
+            vec![Value::Int(i64::MIN), Value::Int(i64::MAX)],
+            1 << 20
+        )
+        .is_err());
+        assert_eq!(
+            c(
+                "seq",
+                vec![Value::Int(i64::MIN), Value::Int(-1), Value::Int(i64::MIN)]
+            ),
+            Value::Str(i64::MIN.to_string())
+        );
+        assert_eq!(
+            c(
+                "untilStep",
+                vec![
+                    Value::Int(i64::MAX - 1),
+                    Value::Int(i64::MAX),
+                    Value::Int(i64::MAX)
+                ]
+            ),
+            Value::List(vec![Value::Int(i64::MAX - 1)])
+        );
+        assert_eq!(
+            c("seq", vec![Value::Int(3), Value::Int(1)]),
+            Value::Str("3 2 1".into())
+        );
+        // `from_str_radix` accepts a sign of its own: "-0x-8000000000000000" is i64::MIN negated.
+        assert_eq!(
+            c("int", vec!["-0x-8000000000000000".into()]),
+            Value::Int(i64::MIN)
+        );
+        assert_eq!(c("int", vec!["-0x10".into()]), Value::Int(-16));
+    }
+
+    #[test]
+    fn uniq_and_without_are_hash_based_but_keep_go_equality() {
+        let nan = Value::Float(f64::NAN);
+        let l = Value::List(vec![
+            Value::Int(1),
+            Value::Int(1),
+            "1".into(),
+            Value::Float(1.0),
+            nan.clone(),
+            nan.clone(),
+            Value::Float(0.0),
+            Value::Float(-0.0),
+            Value::List(vec![Value::Int(1)]),
+            Value::List(vec![Value::Int(1)]),
+        ]);
+        let Value::List(u) = c("uniq", vec![l.clone()]) else {
+            panic!("uniq returns a list")
+        };
+        assert_eq!(u.len(), 7, "{u:?}");
+        assert_eq!(u[0], Value::Int(1));
+        assert_eq!(u[1], Value::Str("1".into()));
+        assert!(matches!(u[3], Value::Float(f) if f.is_nan()));
+        assert!(matches!(u[4], Value::Float(f) if f.is_nan()));
+        let Value::List(w) = c("without", vec![l, Value::Int(1), Value::Float(-0.0)]) else {
+            panic!("without returns a list")
+        };
+        assert_eq!(w.len(), 6, "{w:?}");
+        // A big list is handled in linear time.
+        let big = Value::List((0..100_000).map(|i| Value::Int(i % 10)).collect());
+        assert_eq!(
+            c("uniq", vec![big]),
+            Value::List((0..10).map(Value::Int).collect())
+        );
+        let cut = "a".repeat(1 << 20);
+        let x = format!("{}b{}", cut, cut);
+        assert_eq!(
+            try_call("trimAll", vec![cut.into(), x.into()], 1 << 22),
+            Ok(Value::Str("b".into()))
+        );
+    }
+
+    #[test]
+    fn string_builders_check_their_size_before_building() {
+        let limit = 1 << 20;
+        let wide = "%9999d".repeat(500_000);
+        assert!(try_call("printf", vec![wide.into()], limit)
+            .unwrap_err()
+            .contains("printf result exceeds"));
+        assert!(try_call(
+            "join",
+            vec![
+                "x".repeat(100_000).into(),
+                Value::List((0..1000).map(Value::Int).collect())
+            ],
+            limit
+        )
+        .unwrap_err()
+        .contains("join result exceeds"));
+        assert!(try_call(
+            "regexReplaceAll",
+            vec![
+                ".*".into(),
+                "a".repeat(100_000).into(),
+                "$0".repeat(100_000).into()
+            ],
+            limit
+        )
+        .unwrap_err()
+        .contains("regexReplaceAll result exceeds"));
+        assert!(try_call(
+            "splitList",
+            vec!["".into(), "a".repeat(100_000).into()],
+            limit
+        )
+        .unwrap_err()
+        .contains("splitList result exceeds"));
+        assert_eq!(
+            c(
+                "regexReplaceAll",
+                vec!["a(x*)b".into(), "-ab-axxb-".into(), "${1}W".into()]
+            ),
+            Value::Str("-W-xxW-".into())
+        );
+        assert_eq!(
+            c(
+                "regexReplaceAllLiteral",
+                vec!["a(x*)b".into(), "-ab-axxb-".into(), "${1}".into()]
+            ),
+            Value::Str("-${1}-${1}-".into())
+        );
+    }
+
+    #[test]
+    fn regexes_are_cached_and_compiling_costs_steps() {
+        let mut ctx = Ctx::new(1 << 20);
+        for _ in 0..3 {
+            call("regexMatch", vec!["^a+$".into(), "aaa".into()], &mut ctx).unwrap();
+        }
+        assert_eq!(ctx.cost, REGEX_COMPILE_STEPS);
+        assert!(call(
+            "regexMatch",
+            vec!["(a{100}){100}".into(), "".into()],
+            &mut ctx
+        )
+        .unwrap_err()
+        .contains("size limit"));
+    }
+
+    #[test]
     fn lists_and_math() {
         assert_eq!(
             c("until", vec![Value::Int(3)]),
             Value::List(vec![Value::Int(0), Value::Int(1), Value::Int(2)])
         );
-        assert!(call("until", vec![Value::Int(1 << 40)], 100).is_err());
+        assert!(try_call("until", vec![Value::Int(1 << 40)], 100).is_err());
         assert_eq!(
             c("add", vec![Value::Int(1), "2".into(), Value::Float(3.9)]),
             Value::Int(6)
         );
-        assert!(call("div", vec![Value::Int(1), Value::Int(0)], 10).is_err());
+        assert!(try_call("div", vec![Value::Int(1), Value::Int(0)], 10).is_err());
         assert_eq!(
             c(
                 "join",
@@ -1741,7 +2018,7 @@ mod tests {
             c("index", vec![Value::List(vec!["a".into()]), Value::Int(0)]),
             Value::Str("a".into())
         );
-        assert!(call("index", vec![Value::List(vec![]), Value::Int(3)], 10).is_err());
+        assert!(try_call("index", vec![Value::List(vec![]), Value::Int(3)], 10).is_err());
         assert_eq!(c("len", vec!["héllo".into()]), Value::Int(6));
         assert_eq!(c("seq", vec![Value::Int(3)]), Value::Str("1 2 3".into()));
         let d = c("dict", vec!["a".into(), Value::Int(1)]);

@@ -278,13 +278,127 @@ mod tests {
         assert!(msg.contains("depth"), "{msg}");
         let msg = render(
             "t",
-            "{{range until 5000}}{{range until 5000}}{{end}}{{end}}",
+            "{{range 5000}}{{range 5000}}{{end}}{{end}}",
             &data(),
             tight,
         )
         .unwrap_err()
         .message;
         assert!(msg.contains("steps"), "{msg}");
+    }
+
+    fn err_with(src: &str, limits: Limits) -> String {
+        render("t", src, &data(), limits).unwrap_err().message
+    }
+
+    #[test]
+    fn doubling_a_value_hits_the_value_limit() {
+        // Each `list $x $x` doubles the value: 2^64 nodes without a bound.
+        let msg = e("{{$x := list 1}}{{range until 64}}{{$x = list $x $x}}{{end}}");
+        assert!(msg.contains("exceed the limit"), "{msg}");
+        let msg =
+            e("{{$x := dict \"a\" 1}}{{range until 64}}{{$x = dict \"a\" $x \"b\" $x}}{{end}}");
+        assert!(msg.contains("exceed the limit"), "{msg}");
+    }
+
+    #[test]
+    fn deeply_nested_values_are_refused() {
+        // A 100000-deep list would overflow the stack when dropped or printed.
+        let msg = e("{{$x := list}}{{range until 100000}}{{$x = list $x}}{{end}}{{$x}}");
+        assert!(msg.contains("nested deeper than 100 levels"), "{msg}");
+        assert_eq!(
+            r("{{$x := list}}{{range until 5}}{{$x = list $x}}{{end}}{{$x}}"),
+            "[[[[[[]]]]]]"
+        );
+    }
+
+    #[test]
+    fn copying_large_values_costs_steps() {
+        // One 1 MB copy per iteration: a million iterations would copy a terabyte.
+        let msg = e("{{$x := repeat 1000000 \"a\"}}{{range 1000000}}{{$y := $x}}{{end}}");
+        assert!(msg.contains("exceeded 1000000 steps"), "{msg}");
+        let big = "a".repeat(60_000);
+        let msg = e(&format!(
+            "{{{{range 1000000}}}}{{{{$y := \"{big}\"}}}}{{{{end}}}}"
+        ));
+        assert!(msg.contains("exceeded 1000000 steps"), "{msg}");
+        let msg = e("{{range 1000000}}{{$y := repeat 1000000 \"a\"}}{{end}}");
+        assert!(msg.contains("exceeded 1000000 steps"), "{msg}");
+    }
+
+    #[test]
+    fn integer_ranges_are_counted_lazily() {
+        let msg = e("{{range 9223372036854775807}}{{end}}");
+        assert!(msg.contains("exceeded 1000000 steps"), "{msg}");
+        assert_eq!(r("{{range $i, $v := 3}}{{$i}}{{$v}}{{end}}"), "001122");
+        assert_eq!(r("{{range 0}}x{{else}}none{{end}}"), "none");
+        assert!(e("{{range -1}}{{end}}").contains("range can't iterate over -1"));
+    }
+
+    #[test]
+    fn evaluation_nesting_is_bounded() {
+        // 49 nested ifs and 50 parentheses per recursive call: parses, but must stop before
+        // the stack runs out.
+        let src = format!(
+            "{{{{define \"a\"}}}}{}{{{{template \"a\" {}.{}}}}}{}{{{{end}}}}{{{{template \"a\" .}}}}",
+            "{{if 1}}".repeat(49),
+            "(".repeat(50),
+            ")".repeat(50),
+            "{{end}}".repeat(49)
+        );
+        let msg = err_with(&src, Limits::default());
+        assert!(msg.contains("nested deeper than 100 levels"), "{msg}");
+        let src = format!(
+            "{{{{define \"a\"}}}}{{{{if 1}}}}{{{{{}1{}}}}}{{{{template \"a\" .}}}}{{{{end}}}}{{{{end}}}}{{{{template \"a\" .}}}}",
+            "(print ".repeat(95),
+            ")".repeat(95)
+        );
+        let msg = err_with(&src, Limits::default());
+        assert!(msg.contains("nested deeper than 100 levels"), "{msg}");
+    }
+
+    #[test]
+    fn variables_scope_like_go() {
+        assert_eq!(
+            r("{{$x := 1}}{{range until 2}}{{$x := 2}}{{$x}}{{end}}{{$x}}"),
+            "221"
+        );
+        assert_eq!(r("{{$x := 1}}{{with 5}}{{$x = .}}{{end}}{{$x}}"), "5");
+        assert_eq!(r("{{$x := 1}}{{$x := 2}}{{$x}}"), "2");
+        assert!(
+            e("{{define \"t\"}}{{$x}}{{end}}{{$x := 1}}{{template \"t\"}}")
+                .contains("undefined variable: $x")
+        );
+        assert!(e("{{if 1}}{{$y := 1}}{{end}}{{$y}}").contains("undefined variable: $y"));
+        assert!(e("{{$z = 1}}").contains("undefined variable: $z"));
+        // Many declarations do not make each lookup scan them all.
+        let src = format!(
+            "{}{{{{range 300000}}}}{{{{$}}}}{{{{end}}}}",
+            "{{$a := 1}}".repeat(20_000)
+        );
+        let msg = err_with(
+            &src,
+            Limits {
+                max_output: 1 << 30,
+                ..Limits::default()
+            },
+        );
+        assert!(msg.contains("exceeded 1000000 steps"), "{msg}");
+    }
+
+    #[test]
+    fn function_results_are_bounded() {
+        let tight = Limits {
+            max_output: 1000,
+            ..Limits::default()
+        };
+        assert!(
+            err_with("{{ $l := until 1000 }}", tight).contains("result exceeds the limit of 1000")
+        );
+        assert!(
+            err_with("{{ $a := repeat 600 \"a\" }}{{ $b := list $a $a }}", tight)
+                .contains("arguments exceed the limit of 1000")
+        );
     }
 
     #[test]

@@ -2,6 +2,9 @@
 
 use std::collections::BTreeMap;
 
+/// The weight of one value node besides its string bytes (roughly its size in memory).
+pub const NODE_WEIGHT: usize = 32;
+
 /// A template value. Maps are ordered by key, which is also Go's `range` order over maps.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
@@ -125,14 +128,107 @@ impl Value {
         }
     }
 
-    /// An approximation of the number of bytes this value occupies (for limits).
+    /// An approximation of the number of bytes this value occupies (for limits): string bytes
+    /// plus [`NODE_WEIGHT`] per value.
     pub fn weight(&self) -> usize {
+        self.measure(usize::MAX).0
+    }
+
+    /// `(weight, depth)` of this value, where depth is the nesting of lists and maps (a scalar
+    /// is 0). Stops early, returning a weight above `cap`, once the weight exceeds `cap`, so
+    /// the cost of a check is bounded by the cap rather than by the value.
+    pub fn measure(&self, cap: usize) -> (usize, usize) {
+        let mut weight = 0usize;
+        let depth = self.measure_into(cap, &mut weight);
+        (weight, depth)
+    }
+
+    fn measure_into(&self, cap: usize, weight: &mut usize) -> usize {
+        *weight = weight.saturating_add(NODE_WEIGHT);
         match self {
-            Value::Str(s) => s.len() + 1,
-            Value::List(l) => l.iter().map(Value::weight).sum::<usize>() + 1,
-            Value::Map(m) => m.iter().map(|(k, v)| k.len() + v.weight()).sum::<usize>() + 1,
-            _ => 1,
+            Value::Str(s) => {
+                *weight = weight.saturating_add(s.len());
+                0
+            }
+            Value::List(l) => {
+                let mut depth = 0;
+                for v in l {
+                    if *weight > cap {
+                        break;
+                    }
+                    depth = depth.max(v.measure_into(cap, weight));
+                }
+                depth + 1
+            }
+            Value::Map(m) => {
+                let mut depth = 0;
+                for (k, v) in m {
+                    if *weight > cap {
+                        break;
+                    }
+                    *weight = weight.saturating_add(k.len());
+                    depth = depth.max(v.measure_into(cap, weight));
+                }
+                depth + 1
+            }
+            _ => 0,
         }
+    }
+
+    /// A string that is equal for two values exactly when the values are equal (`==`), for
+    /// hash-based de-duplication; `None` when a NaN occurs in the value (NaN equals nothing,
+    /// not even itself).
+    pub fn identity_key(&self) -> Option<String> {
+        let mut out = String::new();
+        self.write_key(&mut out).then_some(out)
+    }
+
+    fn write_key(&self, out: &mut String) -> bool {
+        match self {
+            Value::Nil => out.push('n'),
+            Value::Bool(b) => out.push(if *b { 't' } else { 'f' }),
+            Value::Int(i) => {
+                out.push('i');
+                out.push_str(&i.to_string());
+            }
+            Value::Float(f) => {
+                if f.is_nan() {
+                    return false;
+                }
+                // 0.0 == -0.0, so both get the same key.
+                let f = if *f == 0.0 { 0.0 } else { *f };
+                out.push('d');
+                out.push_str(&f.to_bits().to_string());
+            }
+            Value::Str(s) => {
+                out.push('s');
+                out.push_str(&s.len().to_string());
+                out.push(':');
+                out.push_str(s);
+            }
+            Value::List(l) => {
+                out.push('[');
+                for v in l {
+                    if !v.write_key(out) {
+                        return false;
+                    }
+                }
+                out.push(']');
+            }
+            Value::Map(m) => {
+                out.push('{');
+                for (k, v) in m {
+                    out.push_str(&k.len().to_string());
+                    out.push(':');
+                    out.push_str(k);
+                    if !v.write_key(out) {
+                        return false;
+                    }
+                }
+                out.push('}');
+            }
+        }
+        true
     }
 }
 
