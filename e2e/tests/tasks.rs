@@ -1,7 +1,9 @@
 //! End-to-end: multi-step task files with ACR semantics on the real engine and registry — the
 //! `examples/multistep` scenario (parallel builds, a detached app reached by its step id, tests
 //! that gate the push), step timeouts, secrets from the agent's store with masked logs and
-//! secret volumes, and the step environment (HOME, the engine socket).
+//! secret volumes, the step environment (HOME, the engine socket), and the container-level step
+//! properties (entryPoint, user, workingDirectory, env, privileged, ports, expose, keep, pull)
+//! together with retries, repeat, startDelay and ignoreErrors.
 
 use std::io::Write as _;
 use std::path::Path;
@@ -290,4 +292,104 @@ fn steps_get_a_home_directory_and_the_engine_socket_like_on_acr() {
     ] {
         assert!(log.contains(expected), "{expected}:\n{log}");
     }
+}
+
+/// `docker inspect --format FORMAT NAME` on the farm's engine.
+fn inspect(farm: &Farm, name: &str, format: &str) -> String {
+    let output = Command::new("docker")
+        .args(["inspect", "--format", format, name])
+        .env("DOCKER_HOST", &farm.docker_host)
+        .output()
+        .expect("the docker CLI runs (installed with docker.io)");
+    assert!(
+        output.status.success(),
+        "docker inspect {name}: {}",
+        text(&output)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+#[test]
+fn step_properties_reach_the_engine_retries_repeat_and_ignored_errors_behave_like_acr() {
+    let farm = Farm::start();
+    let image = format!("{}/base/busybox:latest", farm.registry);
+    let task = format!(
+        r#"version: v1.1.0
+steps:
+  - id: options
+    cmd: {image} -c 'echo "uid=$(id -u) pwd=$(pwd) greeting=$GREETING"; echo "cap_sys_admin=$(( (0x$(grep CapBnd /proc/self/status | cut -f2) >> 21) & 1 ))"'
+    entryPoint: sh
+    user: "1234"
+    workingDirectory: /tmp
+    env: ["GREETING=hi there"]
+    privileged: true
+    ports: ["127.0.0.1::8080"]
+    expose: ["9090"]
+    keep: true
+  - id: flaky
+    cmd: {image} sh -c 'if test -e flaky-seen; then echo flaky-second-try; else touch flaky-seen; echo flaky-first-try; exit 7; fi'
+    retries: 1
+    retryDelay: 1
+  - id: repeated
+    cmd: {image} sh -c 'echo repeat-ran'
+    repeat: 2
+  - id: ignored
+    cmd: {image} sh -c 'exit 3'
+    ignoreErrors: true
+  - id: delayed
+    cmd: {image} sh -c 'echo delayed-ran'
+    startDelay: 1
+    pull: true
+"#
+    );
+    let ctx = context(&[("task.yaml", &task)]);
+    let output = run_task(&farm, ctx.path(), "task.yaml", &[]);
+    let log = text(&output);
+    assert!(output.status.success(), "{log}\n{}", farm.logs());
+    let id = run_id(&output);
+
+    // entryPoint, user, workingDirectory, env and privileged took effect inside the container.
+    assert!(log.contains("uid=1234 pwd=/tmp greeting=hi there"), "{log}");
+    // Only a privileged container keeps CAP_SYS_ADMIN (bit 21) in its bounding set.
+    assert!(log.contains("cap_sys_admin=1"), "{log}");
+    // The first attempt failed, the retry ran in the same workspace and succeeded.
+    assert!(log.contains("flaky-first-try"), "{log}");
+    assert!(log.contains("flaky-second-try"), "{log}");
+    // repeat: 2 runs the container three times.
+    assert_eq!(log.matches("repeat-ran").count(), 3, "{log}");
+    assert!(log.contains("delayed-ran"), "{log}");
+
+    let show = text(&farm.kiln(&["runs", "show", &id]));
+    for step in ["options", "flaky", "repeated", "ignored", "delayed"] {
+        assert_eq!(step_row(&show, step).0, "Succeeded", "{step}:\n{show}");
+    }
+    assert!(show.contains("error ignored"), "{show}");
+
+    // `keep` left the options container behind; its configuration is what the step asked for.
+    let kept = format!("kiln-{}-{id}-options", farm.agent_id);
+    assert_eq!(farm.run_resources(&id), vec![kept.clone()]);
+    assert_eq!(
+        inspect(
+            &farm,
+            &kept,
+            "{{.Config.User}} {{.Config.WorkingDir}} {{json .Config.Entrypoint}} {{.HostConfig.Privileged}}"
+        ),
+        r#"1234 /tmp ["sh"] true"#
+    );
+    let ports = inspect(&farm, &kept, "{{json .HostConfig.PortBindings}}");
+    assert!(
+        ports.contains(r#""8080/tcp":[{"HostIp":"127.0.0.1","HostPort":""}]"#),
+        "{ports}"
+    );
+    let exposed = inspect(&farm, &kept, "{{json .Config.ExposedPorts}}");
+    assert!(
+        exposed.contains("9090/tcp") && exposed.contains("8080/tcp"),
+        "{exposed}"
+    );
+    let removed = Command::new("docker")
+        .args(["rm", "--force", &kept])
+        .env("DOCKER_HOST", &farm.docker_host)
+        .output()
+        .expect("the docker CLI runs");
+    assert!(removed.status.success(), "{}", text(&removed));
 }
