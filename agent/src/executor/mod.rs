@@ -82,7 +82,7 @@ pub enum RuntimeError {
     #[error("image {image}: {message}")]
     Image { image: String, message: String },
     /// A build instruction failed; `exit_code` is the failing command's code when known.
-    #[error("build failed: {message}")]
+    #[error("{message}")]
     Build { message: String, exit_code: i32 },
     /// The registry refused a push.
     #[error("push of {image} failed: {message}")]
