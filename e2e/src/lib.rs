@@ -219,19 +219,26 @@ impl Farm {
             .unwrap_or_default()
     }
 
-    /// Names of the engine's containers (running or not) whose name contains `fragment`.
-    pub fn containers(&self, fragment: &str) -> Vec<String> {
+    /// Runs the docker CLI against the farm's engine and returns its standard output; a failing
+    /// command fails the test with docker's own message.
+    pub fn docker(&self, args: &[&str]) -> String {
         let output = Command::new("docker")
-            .args(["ps", "--all", "--format", "{{.Names}}"])
+            .args(args)
             .env("DOCKER_HOST", &self.docker_host)
             .output()
             .expect("the docker CLI runs (installed with docker.io)");
         assert!(
             output.status.success(),
-            "docker ps failed: {}",
+            "docker {}: {}",
+            args.join(" "),
             text(&output)
         );
-        String::from_utf8_lossy(&output.stdout)
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// Names of the engine's containers (running or not) whose name contains `fragment`.
+    pub fn containers(&self, fragment: &str) -> Vec<String> {
+        self.docker(&["ps", "--all", "--format", "{{.Names}}"])
             .lines()
             .filter(|name| name.contains(fragment))
             .map(str::to_string)
@@ -240,17 +247,7 @@ impl Farm {
 
     /// Names of the engine's networks whose name contains `fragment`.
     pub fn networks(&self, fragment: &str) -> Vec<String> {
-        let output = Command::new("docker")
-            .args(["network", "ls", "--format", "{{.Name}}"])
-            .env("DOCKER_HOST", &self.docker_host)
-            .output()
-            .expect("the docker CLI runs (installed with docker.io)");
-        assert!(
-            output.status.success(),
-            "docker network ls failed: {}",
-            text(&output)
-        );
-        String::from_utf8_lossy(&output.stdout)
+        self.docker(&["network", "ls", "--format", "{{.Name}}"])
             .lines()
             .filter(|name| name.contains(fragment))
             .map(str::to_string)

@@ -296,17 +296,9 @@ fn steps_get_a_home_directory_and_the_engine_socket_like_on_acr() {
 
 /// `docker inspect --format FORMAT NAME` on the farm's engine.
 fn inspect(farm: &Farm, name: &str, format: &str) -> String {
-    let output = Command::new("docker")
-        .args(["inspect", "--format", format, name])
-        .env("DOCKER_HOST", &farm.docker_host)
-        .output()
-        .expect("the docker CLI runs (installed with docker.io)");
-    assert!(
-        output.status.success(),
-        "docker inspect {name}: {}",
-        text(&output)
-    );
-    String::from_utf8_lossy(&output.stdout).trim().to_string()
+    farm.docker(&["inspect", "--format", format, name])
+        .trim()
+        .to_string()
 }
 
 #[test]
@@ -386,10 +378,5 @@ steps:
         exposed.contains("9090/tcp") && exposed.contains("8080/tcp"),
         "{exposed}"
     );
-    let removed = Command::new("docker")
-        .args(["rm", "--force", &kept])
-        .env("DOCKER_HOST", &farm.docker_host)
-        .output()
-        .expect("the docker CLI runs");
-    assert!(removed.status.success(), "{}", text(&removed));
+    farm.docker(&["rm", "--force", &kept]);
 }
