@@ -9,6 +9,7 @@ use base64::Engine as _;
 use sha2::Digest as _;
 
 use super::value::Value;
+use crate::decode::clean_path;
 
 /// Largest list `until`/`untilStep`/`seq` may build.
 const MAX_LIST: i64 = 100_000;
@@ -699,33 +700,6 @@ fn check_size(n: usize, limit: usize, name: &str) -> Result<(), String> {
         return Err(format!("{name} result exceeds {limit} bytes"));
     }
     Ok(())
-}
-
-fn clean_path(p: &str) -> String {
-    if p.is_empty() {
-        return ".".into();
-    }
-    let abs = p.starts_with('/');
-    let mut parts: Vec<&str> = Vec::new();
-    for seg in p.split('/') {
-        match seg {
-            "" | "." => {}
-            ".." => {
-                if parts.last().is_some_and(|l| *l != "..") {
-                    parts.pop();
-                } else if !abs {
-                    parts.push("..");
-                }
-            }
-            s => parts.push(s),
-        }
-    }
-    let joined = parts.join("/");
-    match (abs, joined.is_empty()) {
-        (true, _) => format!("/{joined}"),
-        (false, true) => ".".into(),
-        (false, false) => joined,
-    }
 }
 
 /// Calls function `name`. `ctx.limit` bounds the size of strings and lists a function may
