@@ -222,20 +222,7 @@ async fn execute_in<R: ContainerRuntime, B: BlobStore>(
         Ok(dirs) => dirs,
         Err(reason) => {
             remove_volumes(run_id, &volumes_dir).await;
-            let ctx_masker = masker.clone();
-            for step in &plan.steps {
-                send_update(
-                    env,
-                    run_id,
-                    &ctx_masker,
-                    &step.id,
-                    StepStatus::Skipped,
-                    None,
-                    "",
-                    None,
-                )
-                .await;
-            }
+            skip_all(env, run_id, &plan, masker).await;
             return (RunStatus::Error, reason);
         }
     };
@@ -539,6 +526,17 @@ async fn fail_before_start<R: ContainerRuntime, B: BlobStore>(
             step_ids: plan.steps.iter().map(|s| masker.mask(&s.id)).collect(),
         }))
         .await;
+    skip_all(env, run_id, plan, masker).await;
+    (RunStatus::Error, reason)
+}
+
+/// Reports every step of the plan Skipped.
+async fn skip_all<R: ContainerRuntime, B: BlobStore>(
+    env: &Arc<RunnerEnv<R, B>>,
+    run_id: &str,
+    plan: &Plan,
+    masker: &Masker,
+) {
     for step in &plan.steps {
         send_update(
             env,
@@ -552,7 +550,6 @@ async fn fail_before_start<R: ContainerRuntime, B: BlobStore>(
         )
         .await;
     }
-    (RunStatus::Error, reason)
 }
 
 /// Reports a step's state, masked.
