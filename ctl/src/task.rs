@@ -162,6 +162,7 @@ impl InputArgs {
                 task_name: s(&self.task_name),
                 triggered_by: s(&self.triggered_by),
                 shared_volume: s(&self.shared_volume),
+                ..RunVars::default()
             },
             values_yaml,
             set,
@@ -203,6 +204,10 @@ pub fn run(cmd: TaskCommand) -> anyhow::Result<ExitCode> {
         TaskCommand::Validate(a) => {
             let (name, text) = read(&a.file)?;
             let inputs = a.inputs.to_inputs()?;
+            // Not errors, so on stderr: stdout keeps the verdict scripts read.
+            for w in kiln_taskfile::compatibility_warnings(&name, &text) {
+                eprintln!("warning: {w} (kiln differs from ACR here)");
+            }
             match kiln_taskfile::plan(&name, &text, &inputs) {
                 Ok(_) => {
                     println!("ok");

@@ -88,11 +88,11 @@ pub fn template_input(data: &[u8]) {
         "l".to_string(),
         Value::List(vec![Value::Int(1), "a".into(), Value::Float(2.5)]),
     );
-    values.insert("m".to_string(), Value::Map(run.clone()));
-    let root = Value::Map(
+    values.insert("m".to_string(), Value::map(run.clone()));
+    let root = Value::map(
         [
-            ("Run".to_string(), Value::Map(run)),
-            ("Values".to_string(), Value::Map(values)),
+            ("Run".to_string(), Value::map(run)),
+            ("Values".to_string(), Value::map(values)),
         ]
         .into_iter()
         .collect(),

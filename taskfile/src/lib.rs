@@ -6,7 +6,8 @@
 //! [`Plan`] or [`Diagnostics`] that point at the original file.
 //!
 //! **Architecture invariant:** no I/O, no clock, no randomness, no async. Everything a result
-//! depends on is an argument.
+//! depends on is an argument: the templates' `now` and the seed of their random functions too
+//! ([`RunVars::render_time_ns`], [`RunVars::random_seed`]).
 
 mod decode;
 #[doc(hidden)]
@@ -209,6 +210,28 @@ pub fn render(file_name: &str, source: &str, inputs: &Inputs) -> Result<String, 
     load_visible(file_name, source, inputs).map(|(loaded, _)| loaded.rendered)
 }
 
+/// Warnings for template functions whose kiln behaviour knowingly differs from ACR's (see
+/// [`template::DIFFERS_FROM_ACR`]), located in the original file. Not errors: the task may
+/// still render the same on both.
+pub fn compatibility_warnings(file_name: &str, source: &str) -> Vec<Diagnostic> {
+    let (text, line_map) = load::strip_comments(source);
+    template::compatibility_notes(&text)
+        .into_iter()
+        .map(|(pos, name, note)| {
+            let before = &text[..pos.min(text.len())];
+            let line = before.matches('\n').count();
+            let col = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+            let orig_line = line_map.get(line).copied().unwrap_or(line) + 1;
+            Diagnostic {
+                file: file_name.to_string(),
+                line: orig_line as u32,
+                column: col as u32,
+                message: format!("{name}: {note}"),
+            }
+        })
+        .collect()
+}
+
 /// Ids of the secrets a task file declares (empty when it declares none or cannot be read).
 pub fn declared_secrets(file_name: &str, source: &str) -> Vec<String> {
     secrets_prepass(file_name, source, &Inputs::default())
@@ -266,6 +289,19 @@ mod tests {
         assert!(
             text.contains("f.yaml:8:14: `retries`: cannot unmarshal !!str `3` into int"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn compatibility_warnings_point_at_the_function() {
+        let src = "# {{ keys . }}\nversion: v1.1.0\nsteps:\n  - cmd: echo {{ keys .Values | join \",\" }} {{ env \"HOME\" }}\n";
+        let w = compatibility_warnings("acb.yaml", src);
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert_eq!((w[0].line, w[0].column), (4, 18));
+        assert!(w[0].message.starts_with("keys: "), "{}", w[0].message);
+        assert!(w[1].message.starts_with("env: kiln refuses it"));
+        assert!(
+            compatibility_warnings("acb.yaml", "steps:\n  - cmd: {{ upper \"a\" }}\n").is_empty()
         );
     }
 

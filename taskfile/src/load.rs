@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::template::{self, Limits, Segment, Value};
+use crate::template::{self, Env, Limits, Segment, Value};
 use crate::yaml::{self, Kind, Scalar};
 use crate::{Diagnostic, Inputs, RunVars};
 
@@ -437,7 +437,7 @@ pub fn yaml_to_value(node: &yaml::Node) -> Value {
             Scalar::Str(s) => Value::Str(s),
         },
         Kind::Seq(items) => Value::List(items.iter().map(yaml_to_value).collect()),
-        Kind::Map(pairs) => Value::Map(
+        Kind::Map(pairs) => Value::map(
             pairs
                 .iter()
                 .map(|(k, v)| {
@@ -453,13 +453,38 @@ pub fn yaml_to_value(node: &yaml::Node) -> Value {
     }
 }
 
+/// The clock and random seed of a render: `render_time_ns` (else the run's start) and
+/// `random_seed` (else one derived from the run id), so the secrets pre-pass and the real
+/// render, given the same inputs, see the same `now` and the same random values.
+pub fn render_env(run: &RunVars) -> Env {
+    let now_ns = if run.render_time_ns != 0 {
+        run.render_time_ns
+    } else {
+        i64::try_from(run.date_ms)
+            .unwrap_or(i64::MAX)
+            .saturating_mul(1_000_000)
+    };
+    let seed = if run.random_seed != 0 {
+        run.random_seed
+    } else {
+        // FNV-1a of the run id and registry.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in run.id.bytes().chain([0]).chain(run.registry.bytes()) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        h
+    };
+    Env { now_ns, seed }
+}
+
 /// Builds `.Values` from the values file and `--set` pairs.
 pub fn values(inputs: &Inputs, diags: &mut Vec<Diagnostic>) -> BTreeMap<String, Value> {
     let mut out = BTreeMap::new();
     if let Some(text) = &inputs.values_yaml {
         match yaml::parse(text) {
             Ok(Some(node)) => match yaml_to_value(&node) {
-                Value::Map(m) => out = m,
+                Value::Map(m) => out = m.snapshot(),
                 Value::Nil => {}
                 _ => diags.push(diag(
                     "values",
@@ -496,26 +521,31 @@ pub fn template_data(
     secrets: &BTreeMap<String, String>,
 ) -> Value {
     let run_m = run_map(run);
-    let run_json = Value::Map(run_m.clone()).to_json().to_string();
-    let values_json = Value::Map(values.clone()).to_json().to_string();
+    // Go's encoding/json: sorted keys, `<`, `>` and `&` escaped.
+    let run_json = Value::map(run_m.clone())
+        .to_json_text(false, false)
+        .unwrap_or_default();
+    let values_json = Value::map(values.clone())
+        .to_json_text(false, false)
+        .unwrap_or_default();
     let mut build = BTreeMap::new();
     build.insert("ID".to_string(), Value::Str(run.id.clone()));
     let mut root = BTreeMap::new();
-    root.insert("Build".into(), Value::Map(build));
-    root.insert("Run".into(), Value::Map(run_m));
-    root.insert("Values".into(), Value::Map(values.clone()));
+    root.insert("Build".into(), Value::map(build));
+    root.insert("Run".into(), Value::map(run_m));
+    root.insert("Values".into(), Value::map(values.clone()));
     root.insert("ValuesJSON".into(), Value::Str(shell_quote(&values_json)));
     root.insert("RunJSON".into(), Value::Str(shell_quote(&run_json)));
     root.insert(
         "Secrets".into(),
-        Value::Map(
+        Value::map(
             secrets
                 .iter()
                 .map(|(k, v)| (k.clone(), Value::Str(v.clone())))
                 .collect(),
         ),
     );
-    Value::Map(root)
+    Value::map(root)
 }
 
 /// Renders the template and removes `<no value>`; fills `map.template_segments`/`removals`.
@@ -524,16 +554,18 @@ pub fn render_with_map(
     template_src: &str,
     data: &Value,
     map: &mut SourceMap,
+    env: Env,
 ) -> Result<String, Diagnostic> {
-    let out = template::render(file, template_src, data, Limits::default()).map_err(|e| {
-        // Drop Go's "template: name:line:col: " prefix; the diagnostic carries the position.
-        let msg = strip_template_prefix(&e.message, file);
-        diag(
-            file,
-            map.pos_template_src(e.pos),
-            format!("unable to render task: {msg}"),
-        )
-    })?;
+    let out =
+        template::render_env(file, template_src, data, Limits::default(), env).map_err(|e| {
+            // Drop Go's "template: name:line:col: " prefix; the diagnostic carries the position.
+            let msg = strip_template_prefix(&e.message, file);
+            diag(
+                file,
+                map.pos_template_src(e.pos),
+                format!("unable to render task: {msg}"),
+            )
+        })?;
     map.template_segments = out.segments;
     let mut text = String::with_capacity(out.text.len());
     let mut removals = Vec::new();
@@ -582,10 +614,11 @@ fn parse_alias_block(
     data: &Value,
     map: &SourceMap,
     block_line: usize,
+    env: Env,
     diags: &mut Vec<Diagnostic>,
 ) -> Option<AliasBlock> {
     let pos = (block_line as u32 + 1, 1);
-    let rendered = match template::render("aliasData", block, data, Limits::default()) {
+    let rendered = match template::render_env("aliasData", block, data, Limits::default(), env) {
         Ok(r) => r.text.replace("<no value>", ""),
         Err(e) => {
             diags.push(diag(
@@ -677,6 +710,7 @@ pub fn load(
         return None;
     }
     let data = template_data(&inputs.run, &values, secrets);
+    let env = render_env(&inputs.run);
     let mut map = SourceMap::default();
     let mut aliases = BTreeMap::new();
     let template_src = if aliases_enabled {
@@ -691,7 +725,7 @@ pub fn load(
             .unwrap_or(0);
         let mut directive = '$';
         if !block.is_empty() {
-            let parsed = parse_alias_block(file, &block, &data, &map, block_line, diags)?;
+            let parsed = parse_alias_block(file, &block, &data, &map, block_line, env, diags)?;
             let pos = (block_line as u32 + 1, 1);
             if let Some(d) = parsed.directive {
                 let mut it = d.chars();
@@ -745,7 +779,7 @@ pub fn load(
         map.line_map = line_map;
         stripped.clone()
     };
-    let rendered = match render_with_map(file, &template_src, &data, &mut map) {
+    let rendered = match render_with_map(file, &template_src, &data, &mut map, env) {
         Ok(r) => r,
         Err(d) => {
             diags.push(d);

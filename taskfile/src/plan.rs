@@ -38,6 +38,12 @@ pub struct RunVars {
     pub task_name: String,
     pub triggered_by: String,
     pub shared_volume: String,
+    /// The render time in nanoseconds since the Unix epoch: what the template's `now` returns.
+    /// 0 means the run's start (`date_ms`).
+    pub render_time_ns: i64,
+    /// Seed of the template's random functions (`randAlpha`, `uuidv4`, `shuffle`, ...). 0
+    /// derives one from the run id, so a render is reproducible from its inputs.
+    pub random_seed: u64,
 }
 
 /// A docker network declared by the task (or the implicit `acb_default_network`).

@@ -35,6 +35,17 @@ pub struct Limits {
     pub max_depth: usize,
 }
 
+/// What a render may observe of the world: the clock (`now`, `ago`, `date` without a time)
+/// and the seed of the random functions (`randAlpha`, `uuidv4`, `shuffle`, ...). Passing the
+/// same `Env` renders the same text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Env {
+    /// The render time in nanoseconds since the Unix epoch (UTC).
+    pub now_ns: i64,
+    /// Seed of the random functions.
+    pub seed: u64,
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {
@@ -155,7 +166,10 @@ pub fn execute(
     name: &str,
     data: &Value,
     limits: Limits,
+    env: Env,
 ) -> Result<(String, Vec<Segment>), ExecError> {
+    // The template may change dicts (`set`); the caller's data stays as it was.
+    let data = &data.deep_copy();
     let mut st = State {
         tree,
         limits,
@@ -165,7 +179,7 @@ pub fn execute(
         steps: 0,
         depth: 0,
         nest: 0,
-        funcs: funcs::Ctx::new(limits.max_output),
+        funcs: funcs::Ctx::with_env(limits.max_output, env),
     };
     match st.walk_list(&tree.root, data) {
         Ok(_) => Ok((st.out, st.segments)),
@@ -205,7 +219,10 @@ impl<'a> State<'a> {
         let cost = match v {
             // The common cases, without walking anything.
             Value::Str(s) => s.len() / UNITS_PER_STEP,
-            Value::List(_) | Value::Map(_) => v.weight() / UNITS_PER_STEP,
+            // Capped: a dict shared along many paths weighs more than it occupies.
+            Value::List(_) | Value::Map(_) => {
+                v.measure(self.limits.max_output.saturating_mul(2)).0 / UNITS_PER_STEP
+            }
             _ => 0,
         };
         self.add_steps(pos, cost as u64)
@@ -277,6 +294,7 @@ impl<'a> State<'a> {
                 self.tick(*pos)?;
                 let v = self.eval_pipeline(dot, pipe)?;
                 if pipe.decl.is_empty() {
+                    self.check_value(*pos, "", &v)?;
                     let text = v.to_output();
                     self.write(*pos, &text, false)?;
                 }
@@ -406,9 +424,10 @@ impl<'a> State<'a> {
                 decl,
                 list,
             ),
+            // A snapshot: the body may change the dict it ranges over.
             Value::Map(m) => self.range_items(
                 pos,
-                m.iter().map(|(k, x)| (Value::Str(k.clone()), x.clone())),
+                m.snapshot().into_iter().map(|(k, x)| (Value::Str(k), x)),
                 decl,
                 list,
             ),
@@ -486,7 +505,14 @@ impl<'a> State<'a> {
             ArgKind::Ident(name) => self.eval_function(dot, name, first, &cmd.args[1..], last),
             ArgKind::Field(fields) => {
                 if has_args {
-                    let f = fields.last().map(String::as_str).unwrap_or("");
+                    let (f, recv_fields) = fields
+                        .split_last()
+                        .map(|(f, r)| (f.as_str(), r))
+                        .unwrap_or(("", &[]));
+                    let recv = Self::field_of(dot, recv_fields, first)?;
+                    if let Some(v) = self.method_call(dot, &recv, f, cmd, last.clone())? {
+                        return Ok(v);
+                    }
                     return fail(
                         first.pos,
                         &first.text,
@@ -496,6 +522,25 @@ impl<'a> State<'a> {
                 self.walk_fields(dot, fields, first)
             }
             ArgKind::Var(name, fields) => {
+                if has_args && !fields.is_empty() {
+                    let (f, recv_fields) = fields
+                        .split_last()
+                        .map(|(f, r)| (f.as_str(), r))
+                        .unwrap_or(("", &[]));
+                    let recv = match self.vars.get(name) {
+                        Some(base) => Self::field_of(base, recv_fields, first)?,
+                        None => {
+                            return fail(
+                                first.pos,
+                                &first.text,
+                                format!("undefined variable: {name}"),
+                            )
+                        }
+                    };
+                    if let Some(v) = self.method_call(dot, &recv, f, cmd, last.clone())? {
+                        return Ok(v);
+                    }
+                }
                 if has_args {
                     return fail(
                         first.pos,
@@ -507,6 +552,15 @@ impl<'a> State<'a> {
             }
             ArgKind::Chain(inner, fields) => {
                 if has_args {
+                    let (f, recv_fields) = fields
+                        .split_last()
+                        .map(|(f, r)| (f.as_str(), r))
+                        .unwrap_or(("", &[]));
+                    let base = self.eval_arg(dot, inner)?;
+                    let recv = Self::field_of(&base, recv_fields, first)?;
+                    if let Some(v) = self.method_call(dot, &recv, f, cmd, last.clone())? {
+                        return Ok(v);
+                    }
                     return fail(
                         first.pos,
                         &first.text,
@@ -530,10 +584,36 @@ impl<'a> State<'a> {
         }
     }
 
+    /// Calls method `f` of `recv` (a time or a version) with the command's arguments; `None`
+    /// when `recv` has no such method.
+    fn method_call(
+        &mut self,
+        dot: &Value,
+        recv: &Value,
+        f: &str,
+        cmd: &Cmd,
+        last: Option<Value>,
+    ) -> R<Option<Value>> {
+        if !matches!(recv, Value::Time(_) | Value::Version(_)) {
+            return Ok(None);
+        }
+        let first = &cmd.args[0];
+        let mut args = Vec::new();
+        for a in &cmd.args[1..] {
+            args.push(self.eval_arg(dot, a)?);
+        }
+        args.extend(last);
+        match funcs::method(recv, f, &args) {
+            None => Ok(None),
+            Some(Ok(v)) => Ok(Some(v)),
+            Some(Err(e)) => fail(first.pos, &first.text, format!("error calling {f}: {e}")),
+        }
+    }
+
     /// `$name.A.B`: the variable's field, copied (and charged).
     fn var_fields(&mut self, name: &str, fields: &[String], arg: &Arg) -> R<Value> {
         let v = match self.vars.get(name) {
-            Some(base) => Self::field_of(base, fields, arg)?.clone(),
+            Some(base) => Self::field_of(base, fields, arg)?,
             None => return fail(arg.pos, &arg.text, format!("undefined variable: {name}")),
         };
         self.charge(arg.pos, &v)?;
@@ -542,35 +622,69 @@ impl<'a> State<'a> {
 
     /// `base.A.B`, copied (and charged).
     fn walk_fields(&mut self, base: &Value, fields: &[String], arg: &Arg) -> R<Value> {
-        let v = Self::field_of(base, fields, arg)?.clone();
+        let v = Self::field_of(base, fields, arg)?;
         self.charge(arg.pos, &v)?;
         Ok(v)
     }
 
-    /// Follows `fields` from `base` without copying anything.
-    fn field_of<'v>(base: &'v Value, fields: &[String], arg: &Arg) -> R<&'v Value> {
-        const NIL: &Value = &Value::Nil;
-        let mut cur = base;
-        for f in fields {
-            cur = match cur {
-                Value::Map(m) => m.get(f).unwrap_or(NIL),
-                Value::Nil => {
-                    return fail(
-                        arg.pos,
-                        &arg.text,
-                        format!("nil pointer evaluating interface {{}}.{f}"),
-                    )
-                }
-                other => {
-                    return fail(
-                        arg.pos,
-                        &arg.text,
-                        format!("can't evaluate field {f} in type {}", other.type_name()),
-                    )
-                }
-            };
+    /// Follows `fields` from `base` (copying only the value found: dicts are shared).
+    fn field_of(base: &Value, fields: &[String], arg: &Arg) -> R<Value> {
+        let Some((first, rest)) = fields.split_first() else {
+            return Ok(base.clone());
+        };
+        let mut cur = Self::field_step(base, first, arg)?;
+        for f in rest {
+            cur = Self::field_step(&cur, f, arg)?;
         }
         Ok(cur)
+    }
+
+    fn field_step(cur: &Value, f: &str, arg: &Arg) -> R<Value> {
+        Ok(match cur {
+            Value::Time(_) | Value::Version(_) => match funcs::method(cur, f, &[]) {
+                Some(Ok(v)) => v,
+                Some(Err(e)) => return fail(arg.pos, &arg.text, format!("error calling {f}: {e}")),
+                None => {
+                    return fail(
+                        arg.pos,
+                        &arg.text,
+                        format!("can't evaluate field {f} in type {}", cur.type_name()),
+                    )
+                }
+            },
+            Value::Map(m) => m.get(f).unwrap_or(Value::Nil),
+            Value::Nil => {
+                return fail(
+                    arg.pos,
+                    &arg.text,
+                    format!("nil pointer evaluating interface {{}}.{f}"),
+                )
+            }
+            other => {
+                return fail(
+                    arg.pos,
+                    &arg.text,
+                    format!("can't evaluate field {f} in type {}", other.type_name()),
+                )
+            }
+        })
+    }
+
+    /// Refuses a value too large or too deeply nested to print.
+    fn check_value(&self, pos: usize, at: &str, v: &Value) -> R<()> {
+        let cap = self.limits.max_output;
+        let (w, depth) = v.measure(cap);
+        if w > cap {
+            return fail(pos, at, format!("value exceeds the limit of {cap} bytes"));
+        }
+        if depth > MAX_VALUE_DEPTH {
+            return fail(
+                pos,
+                at,
+                format!("value nested deeper than {MAX_VALUE_DEPTH} levels"),
+            );
+        }
+        Ok(())
     }
 
     fn eval_arg(&mut self, dot: &Value, arg: &Arg) -> R<Value> {
@@ -612,7 +726,7 @@ impl<'a> State<'a> {
         name: &str,
         at: &Arg,
         args: &[Arg],
-        last: Option<Value>,
+        mut last: Option<Value>,
     ) -> R<Value> {
         // `and` / `or` evaluate lazily and return the deciding operand.
         if name == "and" || name == "or" {
@@ -648,21 +762,34 @@ impl<'a> State<'a> {
                 format!("error calling {name}: arguments exceed the limit of {cap} bytes"),
             )
         };
-        for a in args {
-            let v = self.eval_arg(dot, a)?;
-            weight = weight.saturating_add(v.measure(cap).0);
+        let too_deep = || {
+            fail(
+                at.pos,
+                &at.text,
+                format!(
+                    "error calling {name}: argument nested deeper than {MAX_VALUE_DEPTH} levels"
+                ),
+            )
+        };
+        for a in args.iter().map(Some).chain(std::iter::once(None)) {
+            let v = match a {
+                Some(a) => self.eval_arg(dot, a)?,
+                None => match last.take() {
+                    Some(l) => l,
+                    None => break,
+                },
+            };
+            let (w, depth) = v.measure(cap);
+            weight = weight.saturating_add(w);
             if weight > cap {
                 return too_big();
+            }
+            if depth > MAX_VALUE_DEPTH {
+                return too_deep();
             }
             vals.push(v);
         }
-        if let Some(l) = last {
-            weight = weight.saturating_add(l.measure(cap).0);
-            if weight > cap {
-                return too_big();
-            }
-            vals.push(l);
-        }
+        self.funcs.budget = self.limits.max_steps.saturating_sub(self.steps);
         let result = funcs::call(name, vals, &mut self.funcs);
         let cost = std::mem::take(&mut self.funcs.cost);
         self.add_steps(at.pos, cost)?;

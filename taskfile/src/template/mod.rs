@@ -1,4 +1,7 @@
-//! A Go `text/template` compatible engine with the Sprig functions task files use.
+//! A Go `text/template` compatible engine with the function map of Sprig v2.22 (what acb
+//! renders task files with), meant to render byte for byte as acb does. Values follow Go's
+//! semantics (dicts are shared references; see [`Value`]); the clock and the seed of the random
+//! functions are inputs ([`Env`]), so a render is a pure function of its arguments.
 //!
 //! Hand-written on purpose: the existing Rust ports (e.g. `gtmpl`) lack Go's `missingkey=zero`
 //! behaviour, `break`/`continue`, lazy `and`/`or`, and — most importantly for a service that
@@ -11,9 +14,10 @@ mod funcs;
 mod parse;
 mod value;
 
-pub use exec::{Limits, Segment};
+pub use exec::{Env, Limits, Segment};
+pub use funcs::fmt::sprintf;
 pub use funcs::strval;
-pub use value::Value;
+pub use value::{Dict, Value};
 
 use parse::{Arg, ArgKind, Node, Pipe};
 
@@ -40,12 +44,23 @@ fn line_col(src: &str, pos: usize) -> (usize, usize) {
     (line, col)
 }
 
-/// Parses and executes `src` with `data` as dot.
+/// Parses and executes `src` with `data` as dot, at the epoch with random seed 0.
 pub fn render(
     name: &str,
     src: &str,
     data: &Value,
     limits: Limits,
+) -> Result<Rendered, TemplateError> {
+    render_env(name, src, data, limits, Env::default())
+}
+
+/// Parses and executes `src` with `data` as dot, with the clock and random seed of `env`.
+pub fn render_env(
+    name: &str,
+    src: &str,
+    data: &Value,
+    limits: Limits,
+    env: Env,
 ) -> Result<Rendered, TemplateError> {
     let tree = parse::parse(src).map_err(|e| {
         let (line, _) = line_col(src, e.pos);
@@ -66,7 +81,7 @@ pub fn render(
             message: format!("template: {name}:{line}: function {f:?} not defined"),
         });
     }
-    let (text, segments) = exec::execute(&tree, name, data, limits).map_err(|e| {
+    let (text, segments) = exec::execute(&tree, name, data, limits, env).map_err(|e| {
         let (line, col) = line_col(src, e.pos);
         TemplateError {
             pos: e.pos,
@@ -74,6 +89,99 @@ pub fn render(
         }
     })?;
     Ok(Rendered { text, segments })
+}
+
+/// Functions whose kiln behaviour knowingly differs from acb's (Go `text/template` with
+/// Sprig v2.22), and how. `kiln task validate` warns where a task file uses one.
+pub const DIFFERS_FROM_ACR: &[(&str, &str)] = &[
+    ("env", "kiln refuses it: it would expose the agent's environment variables"),
+    ("expandenv", "kiln refuses it: it would expose the agent's environment variables"),
+    ("getHostByName", "kiln refuses it: it would resolve names on the agent's network"),
+    ("keys", "Go lists a dict's keys in random order; kiln sorts them"),
+    ("values", "Go lists a dict's values in random order; kiln sorts them by key"),
+    ("b64enc", "acb encodes a non-string as Go's reflect text (an int as `<int Value>`); kiln encodes its printed form"),
+    ("typeOf", "Sprig's math functions return int64 in Go; kiln reports every integer as int"),
+    ("typeIs", "Sprig's math functions return int64 in Go; kiln reports every integer as int"),
+    ("typeIsLike", "Sprig's math functions return int64 in Go; kiln reports every integer as int"),
+    ("now", "printed as is, Go adds the monotonic clock reading (`m=+0.001`); kiln does not"),
+    ("genPrivateKey", "kiln refuses \"dsa\" keys (rsa and ecdsa work)"),
+    ("genCA", "a certificate is a dict of Cert and Key in kiln (a struct in Go): printed whole, it reads map[...]"),
+    ("genSelfSignedCert", "a certificate is a dict of Cert and Key in kiln (a struct in Go): printed whole, it reads map[...]"),
+    ("genSignedCert", "a certificate is a dict of Cert and Key in kiln (a struct in Go): printed whole, it reads map[...]"),
+];
+
+/// Uses of [`DIFFERS_FROM_ACR`] functions in `src`: `(byte offset, function, note)` in source
+/// order. Empty when `src` does not parse (the render reports that).
+pub fn compatibility_notes(src: &str) -> Vec<(usize, &'static str, &'static str)> {
+    let Ok(tree) = parse::parse(src) else {
+        return Vec::new();
+    };
+    let mut uses = Vec::new();
+    collect_idents(&tree.root, &mut uses);
+    for body in tree.defines.values() {
+        collect_idents(body, &mut uses);
+    }
+    let mut out: Vec<(usize, &'static str, &'static str)> = uses
+        .into_iter()
+        .filter_map(|(pos, name)| {
+            DIFFERS_FROM_ACR
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(n, note)| (pos, *n, *note))
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+fn collect_idents(list: &[Node], out: &mut Vec<(usize, String)>) {
+    fn pipe(p: &Pipe, out: &mut Vec<(usize, String)>) {
+        for cmd in &p.cmds {
+            for a in &cmd.args {
+                arg(a, out);
+            }
+        }
+    }
+    fn arg(a: &Arg, out: &mut Vec<(usize, String)>) {
+        match &a.kind {
+            ArgKind::Ident(f) => out.push((a.pos, f.clone())),
+            ArgKind::Pipe(p) => pipe(p, out),
+            ArgKind::Chain(inner, _) => arg(inner, out),
+            _ => {}
+        }
+    }
+    for node in list {
+        match node {
+            Node::Action { pipe: p, .. } => pipe(p, out),
+            Node::If {
+                pipe: p,
+                list,
+                else_list,
+                ..
+            }
+            | Node::Range {
+                pipe: p,
+                list,
+                else_list,
+                ..
+            }
+            | Node::With {
+                pipe: p,
+                list,
+                else_list,
+                ..
+            } => {
+                pipe(p, out);
+                collect_idents(list, out);
+                if let Some(e) = else_list {
+                    collect_idents(e, out);
+                }
+            }
+            Node::Template { pipe: Some(p), .. } => pipe(p, out),
+            _ => {}
+        }
+    }
 }
 
 /// Maps a byte offset of the output back to a byte offset of the template source.
@@ -134,7 +242,7 @@ fn check_pipe(pipe: &Pipe, found: &mut Option<(usize, String)>) {
 
 fn check_arg(arg: &Arg, found: &mut Option<(usize, String)>) {
     match &arg.kind {
-        ArgKind::Ident(f) if found.is_none() && !funcs::NAMES.contains(&f.as_str()) => {
+        ArgKind::Ident(f) if found.is_none() && !funcs::is_defined(f) => {
             *found = Some((arg.pos, f.clone()));
         }
         ArgKind::Pipe(p) => check_pipe(p, found),
@@ -160,11 +268,11 @@ mod tests {
         );
         let mut nested = BTreeMap::new();
         nested.insert("x".to_string(), Value::from("deep"));
-        values.insert("m".to_string(), Value::Map(nested));
+        values.insert("m".to_string(), Value::map(nested));
         let mut root = BTreeMap::new();
-        root.insert("Run".to_string(), Value::Map(run));
-        root.insert("Values".to_string(), Value::Map(values));
-        Value::Map(root)
+        root.insert("Run".to_string(), Value::map(run));
+        root.insert("Values".to_string(), Value::map(values));
+        Value::map(root)
     }
 
     fn r(src: &str) -> String {

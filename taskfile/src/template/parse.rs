@@ -920,7 +920,21 @@ impl Parser<'_> {
                 | "break" | "continue" => {
                     return self.err(start, format!("unexpected keyword {w:?} in operand"))
                 }
-                _ => ArgKind::Ident(w),
+                _ => {
+                    // `now.Year`: a field chain on a function's result.
+                    let mut fields = Vec::new();
+                    self.collect_fields(&mut fields);
+                    if fields.is_empty() {
+                        ArgKind::Ident(w)
+                    } else {
+                        let inner = Arg {
+                            pos: start,
+                            text: w.clone(),
+                            kind: ArgKind::Ident(w),
+                        };
+                        ArgKind::Chain(Box::new(inner), fields)
+                    }
+                }
             },
             Tok::LParen => {
                 self.enter(start)?;
