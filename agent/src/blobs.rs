@@ -18,7 +18,7 @@ pub trait BlobStore: Send + Sync + 'static {
         dest_dir: &Path,
     ) -> impl Future<Output = Result<(), String>> + Send;
 
-    /// Uploads a finished step log and returns its digest and size.
+    /// Uploads one segment file of a step log and returns its digest and size.
     fn upload_log(
         &self,
         registry: &str,

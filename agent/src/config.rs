@@ -3,7 +3,13 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use kiln_proto::pb::KeyValue;
+use tokio_util::sync::CancellationToken;
+
 use crate::platforms::BINFMT_MISC_DIR;
+
+/// How long a shutting-down agent lets its runs finish before it cancels them, by default.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// How one agent process is set up.
 #[derive(Debug, Clone)]
@@ -26,6 +32,14 @@ pub struct AgentConfig {
     /// The file secret store (`<dir>/<vault-host>/<secret-name>`); `None`: runs that declare
     /// secrets end in Error saying how to configure one.
     pub secrets_dir: Option<PathBuf>,
+    /// ACR's agent pool this agent serves (empty: the default pool).
+    pub pool: String,
+    /// Labels runs can ask for (`key=value`).
+    pub labels: Vec<KeyValue>,
+    /// On shutdown, how long running runs may take to finish before they are canceled.
+    pub drain_timeout: Duration,
+    /// Cancelled to cancel every run at once (a second signal during a drain).
+    pub stop_now: CancellationToken,
 }
 
 impl AgentConfig {
@@ -46,6 +60,10 @@ impl AgentConfig {
             reconnect_initial: Duration::from_millis(200),
             reconnect_max: Duration::from_secs(10),
             secrets_dir: None,
+            pool: String::new(),
+            labels: Vec::new(),
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            stop_now: CancellationToken::new(),
         }
     }
 

@@ -3,7 +3,8 @@
 //!
 //! Code map: `session` (the gRPC session, the only module that knows tonic), `runner` (one
 //! run's ACR semantics), `executor` (`ContainerRuntime`: `docker` on bollard, `fake` for
-//! tests), `logs` (per-step capture), `reports` (report state replayed after reconnects),
+//! tests), `logs` (per-step capture), `reports` (the report channel), `spool` (reports kept
+//! on disk until the coordinator acknowledges them),
 //! `blobs` (contexts and logs in the registry), `platforms` (native and QEMU platforms),
 //! `cmdline` (docker flags inside `cmd`), `secrets` (resolving declared secrets), `mask`
 //! (masking their values in everything reported), `config`.
@@ -20,6 +21,7 @@ pub mod reports;
 pub mod runner;
 pub mod secrets;
 mod session;
+pub mod spool;
 pub mod task;
 
 use std::sync::Arc;
@@ -42,6 +44,11 @@ const REPORT_BUFFER: usize = 256;
 pub enum AgentError {
     #[error("cannot prepare the work directory {path}: {source}")]
     WorkDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot use the report spool under {path}: {source}")]
+    Spool {
         path: String,
         source: std::io::Error,
     },
@@ -105,8 +112,13 @@ pub async fn run_with<R: ContainerRuntime, B: BlobStore>(
         secrets,
         engine_socket: runner::unix_socket_path(&config.docker_host),
     });
-    session::run(config, platforms, env, reports_rx, shutdown).await;
-    Ok(())
+    let spool_dir = config.work_dir.join("spool");
+    session::run(config, platforms, env, reports_rx, shutdown)
+        .await
+        .map_err(|source| AgentError::Spool {
+            path: spool_dir.display().to_string(),
+            source,
+        })
 }
 
 /// Creates the work directory and removes run directories a previous process left behind.

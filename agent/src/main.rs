@@ -49,6 +49,27 @@ struct Args {
     /// (a trailing newline is stripped). Without it, runs that declare secrets end in Error.
     #[arg(long, env = "KILN_AGENT_SECRETS_DIR", value_name = "DIR")]
     secrets_dir: Option<PathBuf>,
+
+    /// The agent pool this agent serves (ACR's --agent-pool); runs submitted with
+    /// `--agent-pool NAME` go only to agents of that pool, other runs only to agents of none.
+    #[arg(long, env = "KILN_AGENT_POOL", default_value = "")]
+    pool: String,
+
+    /// A label runs can ask for with `--agent-label KEY=VALUE` (repeatable).
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    labels: Vec<(String, String)>,
+
+    /// On SIGTERM, seconds the running runs may take to finish before they are canceled
+    /// (no new runs are taken meanwhile). A second SIGTERM or Ctrl-C cancels them at once.
+    #[arg(long, env = "KILN_AGENT_DRAIN_TIMEOUT", default_value_t = kiln_agent::config::DEFAULT_DRAIN_TIMEOUT.as_secs())]
+    drain_timeout_seconds: u64,
+}
+
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
+        _ => Err(format!("'{text}' is not KEY=VALUE")),
+    }
 }
 
 #[tokio::main]
@@ -71,13 +92,24 @@ async fn main() -> anyhow::Result<()> {
     let mut config = AgentConfig::new(args.coordinator, args.docker_host, args.work_dir, agent_id);
     config.capacity = args.capacity.max(1);
     config.secrets_dir = args.secrets_dir;
+    config.pool = args.pool;
+    config.labels = args
+        .labels
+        .into_iter()
+        .map(|(key, value)| kiln_proto::pb::KeyValue { key, value })
+        .collect();
+    config.drain_timeout = std::time::Duration::from_secs(args.drain_timeout_seconds);
 
     let shutdown = CancellationToken::new();
     let signal_token = shutdown.clone();
+    let stop_now = config.stop_now.clone();
     tokio::spawn(async move {
         wait_for_signal().await;
-        tracing::info!("signal received, shutting down");
+        tracing::info!("signal received: draining (a second signal cancels running runs)");
         signal_token.cancel();
+        wait_for_signal().await;
+        tracing::warn!("second signal: canceling running runs");
+        stop_now.cancel();
     });
     kiln_agent::run(config, shutdown)
         .await

@@ -13,7 +13,7 @@ use kiln_agent::executor::docker::DockerRuntime;
 use kiln_agent::reports::{report_channel, Report};
 use kiln_agent::runner::{execute, RunnerEnv};
 use kiln_proto::pb::{Platform, RunRequest, RunStatus, StepStatus};
-use kiln_proto::v1::{Assignment, StepUpdate};
+use kiln_proto::v1::{Assignment, LogStored, StepUpdate};
 use kiln_registry::{Registry, CONTEXTS_REPOSITORY, LOGS_REPOSITORY};
 use tokio_util::sync::CancellationToken;
 
@@ -64,6 +64,17 @@ impl Finished {
             })
             .unwrap_or_else(|| panic!("no update for step {id}"))
     }
+
+    /// The log segments the step stored, in report order.
+    fn segments(&self, id: &str) -> Vec<LogStored> {
+        self.reports
+            .iter()
+            .filter_map(|r| match r {
+                Report::LogStored(s) if s.step_id == id => Some(s.clone()),
+                _ => None,
+            })
+            .collect()
+    }
 }
 
 async fn run_task(
@@ -72,6 +83,26 @@ async fn run_task(
     context_digest: &str,
     platform: (&str, &str),
     emulated: bool,
+) -> Finished {
+    run_task_with(
+        run_id,
+        task_yaml,
+        context_digest,
+        platform,
+        emulated,
+        |_| {},
+    )
+    .await
+}
+
+/// Like `run_task`, with `tweak` applied to the run's request.
+async fn run_task_with(
+    run_id: &str,
+    task_yaml: &str,
+    context_digest: &str,
+    platform: (&str, &str),
+    emulated: bool,
+    tweak: impl FnOnce(&mut RunRequest),
 ) -> Finished {
     let _turn = ENGINE.lock().await;
     let work_dir = tempfile::tempdir().expect("tempdir");
@@ -89,16 +120,18 @@ async fn run_task(
         reports,
         work_dir: work_dir.path().to_path_buf(),
     });
+    let mut request = RunRequest {
+        task_yaml: task_yaml.to_string(),
+        task_file_name: "acb.yaml".into(),
+        context_digest: context_digest.to_string(),
+        registry: registry(),
+        timeout_seconds: 600,
+        ..Default::default()
+    };
+    tweak(&mut request);
     let assignment = Assignment {
         run_id: run_id.to_string(),
-        request: Some(RunRequest {
-            task_yaml: task_yaml.to_string(),
-            task_file_name: "acb.yaml".into(),
-            context_digest: context_digest.to_string(),
-            registry: registry(),
-            timeout_seconds: 600,
-            ..Default::default()
-        }),
+        request: Some(request),
         created_at_ms: 0,
         platform: Some(Platform {
             os: platform.0.into(),
@@ -106,6 +139,7 @@ async fn run_task(
             variant: String::new(),
         }),
         emulated,
+        ..Default::default()
     };
     let task = tokio::spawn(execute(env, assignment, CancellationToken::new()));
     let mut reports = Vec::new();
@@ -194,14 +228,24 @@ async fn builds_and_pushes_an_image_and_reports_its_digest() {
         .await
         .expect("pushed manifest");
     assert_eq!(in_registry, pushed.digest);
-    // The build step's complete log is in the registry.
+    // The build step's complete log is in the registry, in the segments it reported.
     let build = out.step("build");
     assert_eq!(build.status, StepStatus::Succeeded as i32);
     assert!(build.log_size > 0);
-    let log = client
-        .pull_blob_bytes(LOGS_REPOSITORY, &build.log_digest, 1 << 20)
-        .await
-        .expect("log blob");
+    assert!(build.log_digest.is_empty());
+    let segments = out.segments("build");
+    assert!(!segments.is_empty());
+    let mut log = Vec::new();
+    for (i, segment) in segments.iter().enumerate() {
+        assert_eq!(segment.index as usize, i);
+        let bytes = client
+            .pull_blob_bytes(LOGS_REPOSITORY, &segment.digest, 1 << 20)
+            .await
+            .expect("log segment");
+        assert_eq!(bytes.len() as u64, segment.size);
+        log.extend(bytes);
+    }
+    assert_eq!(log.len() as u64, build.log_size);
     let log = String::from_utf8_lossy(&log);
     assert!(log.contains("Executing step ID: build."), "{log}");
     assert!(log.contains("Successfully built"), "{log}");
@@ -224,7 +268,8 @@ async fn cmd_steps_stream_output_and_report_exit_codes() {
     let hello = out.step("hello");
     assert_eq!(hello.status, StepStatus::Failed as i32);
     assert!(hello.has_exit_code && hello.exit_code == 4);
-    assert!(!hello.log_digest.is_empty());
+    assert!(hello.log_size > 0);
+    assert!(!out.segments("hello").is_empty());
     assert!(out.log.contains("hello-from-step"), "{}", out.log);
     assert!(out.log.contains("marker-file"), "{}", out.log);
     assert_eq!(out.step("after").status, StepStatus::Skipped as i32);
@@ -289,4 +334,46 @@ async fn arm64_builds_run_under_qemu() {
         out.log
     );
     assert!(out.log.matches("aarch64").count() >= 2, "{}", out.log);
+}
+
+#[tokio::test]
+async fn run_limits_reach_the_engine() {
+    let run_id = unique_run_id("itl");
+    let task = "steps:\n  - id: limited\n    keep: true\n    cmd: {{.Run.Registry}}/base/busybox:latest true\n";
+    let out = run_task_with(&run_id, task, "", ("linux", "amd64"), false, |request| {
+        request.cpu_millis = 500;
+        request.memory_bytes = 64 << 20;
+    })
+    .await;
+    assert_eq!(
+        out.status,
+        RunStatus::Succeeded,
+        "{}\n{}",
+        out.reason,
+        out.log
+    );
+    let docker = bollard::Docker::connect_with_defaults().expect("docker client");
+    let name = kiln_agent::runner::container_name(&format!("kiln-agent-it-{run_id}"), "limited");
+    let inspected = docker
+        .inspect_container(
+            &name,
+            None::<bollard::query_parameters::InspectContainerOptions>,
+        )
+        .await;
+    let _ = docker
+        .remove_container(
+            &name,
+            Some(
+                bollard::query_parameters::RemoveContainerOptionsBuilder::default()
+                    .force(true)
+                    .build(),
+            ),
+        )
+        .await;
+    let host_config = inspected
+        .expect("the kept container")
+        .host_config
+        .expect("host config");
+    assert_eq!(host_config.nano_cpus, Some(500_000_000));
+    assert_eq!(host_config.memory, Some(64 << 20));
 }

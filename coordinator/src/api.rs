@@ -1,6 +1,7 @@
 //! The gRPC services: `Control` for the CLI and `AgentService` for agents. The only module of
 //! the coordinator that builds `tonic::Status`.
 
+use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -13,28 +14,36 @@ use tonic::{Request, Response, Status, Streaming};
 use kiln_proto::v1::agent_service_server::AgentService;
 use kiln_proto::v1::control_server::Control;
 use kiln_proto::v1::{
-    agent_message, AgentMessage, CancelRunRequest, CancelRunResponse, CoordinatorMessage,
-    GetInfoRequest, GetInfoResponse, GetRunRequest, GetRunResponse, ListRunsRequest,
-    ListRunsResponse, LogChunk, StreamLogsRequest, SubmitRunRequest, SubmitRunResponse,
+    agent_message, coordinator_message, AgentMessage, CancelRunRequest, CancelRunResponse,
+    CoordinatorMessage, DrainAgentRequest, DrainAgentResponse, GetInfoRequest, GetInfoResponse,
+    GetRunRequest, GetRunResponse, Hello, ListRunsRequest, ListRunsResponse, LogChunk, ReportAck,
+    StopRun, StreamLogsRequest, SubmitRunRequest, SubmitRunResponse, Welcome,
 };
-use kiln_registry::{Registry, LOGS_REPOSITORY};
-use kiln_state::machine::{is_step_terminal, is_terminal};
+use kiln_registry::Registry;
+use kiln_state::machine::{is_step_terminal, is_terminal, MAX_AGENT_LABELS, MAX_NAME_BYTES};
 use kiln_state::pb::{
-    command, FinishRun, PlanRun, PushedImage, RecordImage, RequestCancel, Run, RunStatus,
-    SubmitRun, UpdateStep,
+    command, AcknowledgeRun, FinishRun, Lease, LogSegment, PlanRun, PushedImage, RecordImage,
+    RecordLog, RequestCancel, Run, RunStatus, SubmitRun, UpdateStep,
 };
 use kiln_state::{scheduler, PlatformSpec};
 
-use crate::agents::{Agents, AGENT_OUTBOX};
+use crate::agents::{AgentHello, Agents, AGENT_OUTBOX};
+use crate::control::LivenessConfig;
 use crate::logs::LogHub;
-use crate::raft_node::{ProposeError, RaftHandle};
+use crate::raft_node::{now_ms, ProposeError, RaftHandle};
+use crate::stored_logs;
+
+/// Longest agent id accepted.
+const MAX_AGENT_ID_BYTES: usize = 128;
+/// Most platforms one agent may offer.
+const MAX_AGENT_PLATFORMS: usize = 64;
+/// Largest capacity an agent may claim.
+const MAX_AGENT_CAPACITY: u32 = 256;
+/// An agent that keeps reporting a run it should not run is told to stop again this often.
+const STOP_REPEAT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Chunks queued for one `kiln logs` client; the sender waits when the client reads slowly.
 const LOG_STREAM_BUFFER: usize = 64;
-/// Largest stored step log sent back.
-const MAX_STORED_LOG_BYTES: u64 = 256 * 1024 * 1024;
-/// Size of the pieces a stored log is sent in.
-const LOG_PIECE: usize = 64 * 1024;
 /// Most runs `ListRuns` returns.
 const MAX_LIST: usize = 1000;
 
@@ -45,6 +54,7 @@ pub struct Api {
     pub logs: Arc<LogHub>,
     pub registry: Registry,
     pub tasks: TaskTracker,
+    pub liveness: LivenessConfig,
 }
 
 type ChunkStream = Pin<Box<dyn Stream<Item = Result<LogChunk, Status>> + Send>>;
@@ -52,7 +62,9 @@ type CoordinatorStream = Pin<Box<dyn Stream<Item = Result<CoordinatorMessage, St
 
 fn propose_status(error: ProposeError) -> Status {
     match error {
-        ProposeError::Rejected(message) => Status::failed_precondition(message),
+        ProposeError::Rejected(message) | ProposeError::Stale(message) => {
+            Status::failed_precondition(message)
+        }
         ProposeError::NotLeader => Status::unavailable(error.to_string()),
         ProposeError::Overloaded => Status::resource_exhausted(error.to_string()),
         ProposeError::ShuttingDown | ProposeError::Timeout(_) => {
@@ -106,7 +118,9 @@ impl Control for Api {
             }))
             .await
             .map_err(|error| match error {
-                ProposeError::Rejected(message) => Status::invalid_argument(message),
+                ProposeError::Rejected(message) | ProposeError::Stale(message) => {
+                    Status::invalid_argument(message)
+                }
                 other => propose_status(other),
             })?;
         tracing::info!(run_id = %result.run_id, "queued run");
@@ -167,6 +181,22 @@ impl Control for Api {
             .map_err(propose_status)?;
         let run = find_run(&self.raft, &run_id)?;
         Ok(Response::new(CancelRunResponse { status: run.status }))
+    }
+
+    async fn drain_agent(
+        &self,
+        request: Request<DrainAgentRequest>,
+    ) -> Result<Response<DrainAgentResponse>, Status> {
+        let DrainAgentRequest { agent_id, drain } = request.into_inner();
+        let state = self.agents.set_draining(&agent_id, drain).ok_or_else(|| {
+            Status::not_found(format!(
+                "agent {agent_id} is not known to this coordinator (see `kiln agents`)"
+            ))
+        })?;
+        tracing::info!(%agent_id, drain, state, "agent drain changed");
+        Ok(Response::new(DrainAgentResponse {
+            state: state.to_string(),
+        }))
     }
 
     type StreamLogsStream = ChunkStream;
@@ -266,7 +296,7 @@ impl Api {
             if !is_step_terminal(step.status()) {
                 continue;
             }
-            if step.log_digest.is_empty() {
+            if !stored_logs::has_stored_log(step) {
                 if step.started_at_ms > 0 {
                     let notice = format!(
                         "[kiln] the log of step {} was not stored{}\n",
@@ -285,24 +315,7 @@ impl Api {
                 }
                 continue;
             }
-            let bytes = self
-                .registry
-                .pull_blob_bytes(LOGS_REPOSITORY, &step.log_digest, MAX_STORED_LOG_BYTES)
-                .await
-                .map_err(|error| {
-                    Status::unavailable(format!("cannot read the log of step {}: {error}", step.id))
-                })?;
-            for piece in bytes.chunks(LOG_PIECE) {
-                send(
-                    tx,
-                    LogChunk {
-                        run_id: run.id.clone(),
-                        step_id: step.id.clone(),
-                        data: piece.to_vec(),
-                    },
-                )
-                .await?;
-            }
+            stored_logs::send_step_log(&self.registry, &run.id, step, tx).await?;
         }
         if finished && !run.reason.is_empty() && run.status() != RunStatus::Succeeded {
             let summary = format!(
@@ -357,39 +370,50 @@ impl AgentService for Api {
                 "an agent's first message must be Hello",
             ));
         };
-        if hello.agent_id.is_empty() {
-            return Err(Status::invalid_argument(
-                "the agent has no id (pass --agent-id)",
-            ));
-        }
-        let mut platforms = Vec::new();
-        for offered in &hello.platforms {
-            let platform = PlatformSpec::from_pb(offered.platform.as_ref())
-                .map_err(|e| Status::invalid_argument(format!("agent {}: {e}", hello.agent_id)))?;
-            platforms.push((platform, offered.emulated));
-        }
-        if platforms.is_empty() {
-            return Err(Status::invalid_argument(format!(
-                "agent {} offers no platform",
-                hello.agent_id
-            )));
-        }
+        let hello = check_hello(hello)?;
         let (tx, rx) = mpsc::channel(AGENT_OUTBOX);
-        let capacity = hello.capacity.max(1);
-        let connection = self.agents.connect(
-            &hello.agent_id,
-            platforms.clone(),
-            capacity,
-            &hello.active_runs,
-            tx,
+        // Welcome goes first, before anything the control loop may queue.
+        let welcome = CoordinatorMessage {
+            msg: Some(coordinator_message::Msg::Welcome(Welcome {
+                protocol_version: kiln_proto::PROTOCOL_VERSION,
+                heartbeat_interval_ms: self.liveness.heartbeat_interval.as_millis() as u64,
+                lost_after_ms: self.agents.lost_after.as_millis() as u64,
+                coordinator_version: env!("CARGO_PKG_VERSION").to_string(),
+            })),
+        };
+        tx.try_send(welcome)
+            .map_err(|_| Status::internal("cannot queue the welcome"))?;
+        let agent_id = hello.agent_id.clone();
+        let description = format!(
+            "capacity {}, pool '{}', platforms {}",
+            hello.capacity,
+            hello.pool,
+            hello
+                .platforms
+                .iter()
+                .map(|(p, e)| format!("{p}{}", if *e { " (emulated)" } else { "" }))
+                .collect::<Vec<_>>()
+                .join(", ")
         );
-        tracing::info!(agent_id = %hello.agent_id, capacity, platforms = ?platforms.iter().map(|(p, e)| format!("{p}{}", if *e { " (emulated)" } else { "" })).collect::<Vec<_>>(), "agent connected");
+        let leases = hello.leases.clone();
+        let connection = self.agents.connect(hello, tx, now_ms()).map_err(|error| {
+            tracing::warn!(%agent_id, %error, "agent refused");
+            Status::already_exists(error.to_string())
+        })?;
+        tracing::info!(%agent_id, connection, %description, runs = leases.len(), "agent connected");
+        self.stop_stale_leases(&agent_id, leases.iter().map(|(r, e)| (r.as_str(), *e)));
         let api = self.clone();
-        let agent_id = hello.agent_id;
         self.tasks.spawn(async move {
             loop {
                 match inbound.message().await {
-                    Ok(Some(message)) => api.handle_report(&agent_id, message).await,
+                    Ok(Some(message)) => {
+                        if !api.agents.is_current(&agent_id, connection) {
+                            tracing::info!(%agent_id, connection, "ignoring a replaced or lost connection");
+                            break;
+                        }
+                        api.agents.touch(&agent_id, connection);
+                        api.handle_message(&agent_id, connection, message).await;
+                    }
                     Ok(None) => break,
                     Err(status) => {
                         tracing::info!(%agent_id, %status, "agent stream failed");
@@ -397,19 +421,153 @@ impl AgentService for Api {
                     }
                 }
             }
-            tracing::info!(%agent_id, "agent disconnected");
+            tracing::info!(%agent_id, connection, "agent disconnected");
             api.agents.disconnect(&agent_id, connection);
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx).map_ok())))
     }
 }
 
+/// Checks a Hello and turns it into what the coordinator keeps. Platforms this coordinator
+/// does not know (an agent with every QEMU handler registered offers riscv64, s390x, …) are
+/// ignored with a warning rather than refusing the agent.
+fn check_hello(hello: Hello) -> Result<AgentHello, Status> {
+    if hello.agent_id.is_empty() {
+        return Err(Status::invalid_argument(
+            "the agent has no id (pass --agent-id)",
+        ));
+    }
+    if hello.agent_id.len() > MAX_AGENT_ID_BYTES {
+        return Err(Status::invalid_argument(format!(
+            "agent id is {} bytes long; at most {MAX_AGENT_ID_BYTES} are allowed",
+            hello.agent_id.len()
+        )));
+    }
+    if hello.protocol_version < kiln_proto::MIN_PROTOCOL_VERSION {
+        return Err(Status::failed_precondition(format!(
+            "agent {} speaks protocol {} (kiln-agent {}); this coordinator needs protocol {} or newer: upgrade the agent",
+            hello.agent_id,
+            hello.protocol_version,
+            if hello.version.is_empty() { "unknown" } else { &hello.version },
+            kiln_proto::MIN_PROTOCOL_VERSION
+        )));
+    }
+    let mut platforms = Vec::new();
+    for offered in hello.platforms.iter().take(MAX_AGENT_PLATFORMS) {
+        match PlatformSpec::from_pb(offered.platform.as_ref()) {
+            Ok(platform) => platforms.push((platform, offered.emulated)),
+            Err(error) => {
+                tracing::warn!(agent_id = %hello.agent_id, %error, "ignoring a platform the coordinator does not know")
+            }
+        }
+    }
+    if platforms.is_empty() {
+        return Err(Status::invalid_argument(format!(
+            "agent {} offers no platform this coordinator knows",
+            hello.agent_id
+        )));
+    }
+    if hello.pool.len() > MAX_NAME_BYTES || hello.labels.len() > MAX_AGENT_LABELS {
+        return Err(Status::invalid_argument(format!(
+            "agent {}: the pool name is at most {MAX_NAME_BYTES} bytes and at most {MAX_AGENT_LABELS} labels are allowed",
+            hello.agent_id
+        )));
+    }
+    let mut leases: BTreeMap<String, u64> = hello
+        .leases
+        .iter()
+        .take(MAX_AGENT_CAPACITY as usize)
+        .map(|l| (l.run_id.clone(), l.epoch))
+        .collect();
+    for run_id in hello.active_runs.iter().take(MAX_AGENT_CAPACITY as usize) {
+        leases.entry(run_id.clone()).or_insert(0);
+    }
+    Ok(AgentHello {
+        agent_id: hello.agent_id,
+        platforms,
+        capacity: hello.capacity.clamp(1, MAX_AGENT_CAPACITY),
+        pool: hello.pool,
+        labels: hello.labels,
+        draining: hello.draining,
+        version: hello.version,
+        protocol_version: hello.protocol_version,
+        leases,
+    })
+}
+
 impl Api {
-    /// Turns one agent report into a command. Reports are proposed one at a time, in the order
-    /// the agent sent them, so a step's end is applied before the run's end.
-    async fn handle_report(&self, agent_id: &str, message: AgentMessage) {
-        let proposal = match message.msg {
+    /// Tells the agent to stop each of `runs` that it does not hold the current lease of (the
+    /// run ended, or went to another agent). Repeated at most every few seconds per run.
+    fn stop_stale_leases<'a>(
+        &self,
+        agent_id: &str,
+        runs: impl IntoIterator<Item = (&'a str, u64)>,
+    ) {
+        for (run_id, epoch) in runs {
+            let now = now_ms();
+            let verdict = self.raft.read(|state| match state.run(run_id) {
+                None => Some(format!("run {run_id} does not exist on this farm")),
+                // Just finished by the agent itself: its finish acknowledgement may still be
+                // on the way, and the runner is winding down anyway.
+                Some(run)
+                    if is_terminal(run.status())
+                        && run.agent_id == agent_id
+                        && now.saturating_sub(run.finished_at_ms)
+                            < STOP_REPEAT.as_millis() as u64 * 2 =>
+                {
+                    None
+                }
+                Some(run) if is_terminal(run.status()) => Some(format!(
+                    "run {run_id} already ended {}",
+                    kiln_state::machine::status_name(run.status())
+                )),
+                Some(run) if run.agent_id != agent_id => {
+                    Some(format!("run {run_id} is no longer assigned to this agent"))
+                }
+                Some(run) if epoch != 0 && run.lease_epoch != epoch => Some(format!(
+                    "run {run_id} was assigned again (epoch {} replaced {epoch})",
+                    run.lease_epoch
+                )),
+                Some(_) => None,
+            });
+            if let Some(reason) = verdict {
+                self.send_stop(agent_id, run_id, epoch, reason);
+            }
+        }
+    }
+
+    fn send_stop(&self, agent_id: &str, run_id: &str, epoch: u64, reason: String) {
+        if !self.agents.stop_due(agent_id, run_id, STOP_REPEAT) {
+            return;
+        }
+        tracing::info!(agent_id, run_id, epoch, %reason, "telling the agent to stop a run");
+        self.agents.send(
+            agent_id,
+            CoordinatorMessage {
+                msg: Some(coordinator_message::Msg::Stop(StopRun {
+                    run_id: run_id.to_string(),
+                    epoch,
+                    reason,
+                })),
+            },
+        );
+    }
+
+    /// Handles one message of an agent's stream. Reports are proposed one at a time, in the
+    /// order the agent sent them, so a step's end is applied before the run's end; each is
+    /// acknowledged only once its command is committed or finally rejected.
+    async fn handle_message(&self, agent_id: &str, connection: u64, message: AgentMessage) {
+        let report_id = message.report_id;
+        let (run_id, epoch, proposal) = match message.msg {
             None | Some(agent_message::Msg::Hello(_)) => return,
+            Some(agent_message::Msg::Heartbeat(beat)) => {
+                self.agents.heartbeat(agent_id, connection, &beat);
+                self.stop_stale_leases(
+                    agent_id,
+                    beat.active.iter().map(|a| (a.run_id.as_str(), a.epoch)),
+                );
+                return;
+            }
             Some(agent_message::Msg::Log(chunk)) => {
                 let active = self.raft.read(|state| {
                     state
@@ -421,24 +579,41 @@ impl Api {
                 }
                 return;
             }
-            Some(agent_message::Msg::RunPlanned(planned)) => {
-                self.agents.mark_active(agent_id, &planned.run_id);
+            Some(agent_message::Msg::AssignmentAck(ack)) => (
+                ack.run_id.clone(),
+                ack.epoch,
+                command::Kind::AcknowledgeRun(AcknowledgeRun {
+                    run_id: ack.run_id,
+                    lease: Some(lease(agent_id, ack.epoch)),
+                }),
+            ),
+            Some(agent_message::Msg::RunPlanned(planned)) => (
+                planned.run_id.clone(),
+                planned.epoch,
                 command::Kind::PlanRun(PlanRun {
                     run_id: planned.run_id,
                     step_ids: planned.step_ids,
-                })
-            }
-            Some(agent_message::Msg::StepUpdate(update)) => command::Kind::UpdateStep(UpdateStep {
-                run_id: update.run_id,
-                step_id: update.step_id,
-                status: update.status,
-                has_exit_code: update.has_exit_code,
-                exit_code: update.exit_code,
-                reason: update.reason,
-                log_digest: update.log_digest,
-                log_size: update.log_size,
-            }),
-            Some(agent_message::Msg::ImagePushed(pushed)) => {
+                    lease: Some(lease(agent_id, planned.epoch)),
+                }),
+            ),
+            Some(agent_message::Msg::StepUpdate(update)) => (
+                update.run_id.clone(),
+                update.epoch,
+                command::Kind::UpdateStep(UpdateStep {
+                    run_id: update.run_id,
+                    step_id: update.step_id,
+                    status: update.status,
+                    has_exit_code: update.has_exit_code,
+                    exit_code: update.exit_code,
+                    reason: update.reason,
+                    log_digest: update.log_digest,
+                    log_size: update.log_size,
+                    lease: Some(lease(agent_id, update.epoch)),
+                }),
+            ),
+            Some(agent_message::Msg::ImagePushed(pushed)) => (
+                pushed.run_id.clone(),
+                pushed.epoch,
                 command::Kind::RecordImage(RecordImage {
                     run_id: pushed.run_id,
                     image: Some(PushedImage {
@@ -446,26 +621,87 @@ impl Api {
                         image: pushed.image,
                         digest: pushed.digest,
                     }),
-                })
-            }
-            Some(agent_message::Msg::RunFinished(finished)) => {
-                self.agents.mark_finished(agent_id, &finished.run_id);
+                    lease: Some(lease(agent_id, pushed.epoch)),
+                }),
+            ),
+            Some(agent_message::Msg::LogStored(stored)) => (
+                stored.run_id.clone(),
+                stored.epoch,
+                command::Kind::RecordLog(RecordLog {
+                    run_id: stored.run_id,
+                    step_id: stored.step_id,
+                    segment: Some(LogSegment {
+                        index: stored.index,
+                        digest: stored.digest,
+                        size: stored.size,
+                    }),
+                    lease: Some(lease(agent_id, stored.epoch)),
+                }),
+            ),
+            Some(agent_message::Msg::RunFinished(finished)) => (
+                finished.run_id.clone(),
+                finished.epoch,
                 command::Kind::FinishRun(FinishRun {
                     run_id: finished.run_id,
                     status: finished.status,
                     reason: finished.reason,
                     agent_id: agent_id.to_string(),
+                    lease: Some(lease(agent_id, finished.epoch)),
+                }),
+            ),
+        };
+        let finishes = matches!(proposal, command::Kind::FinishRun(_));
+        let ack = match self.raft.propose(proposal).await {
+            Ok(_) => Some(ReportAck {
+                report_id,
+                ..ReportAck::default()
+            }),
+            Err(ProposeError::Stale(message)) => {
+                tracing::info!(agent_id, run_id, epoch, %message, "stale report rejected");
+                self.send_stop(agent_id, &run_id, epoch, message.clone());
+                Some(ReportAck {
+                    report_id,
+                    error: message,
+                    stale: true,
                 })
             }
-        };
-        match self.raft.propose(proposal).await {
-            Ok(_) => {}
-            // Repeats after a reconnect are expected to be rejected; they change nothing.
+            // A report the state machine refuses (a repeat that conflicts, a bad value) will be
+            // refused again: acknowledge it so the agent stops resending it.
             Err(ProposeError::Rejected(message)) => {
-                tracing::debug!(agent_id, %message, "agent report rejected")
+                tracing::warn!(agent_id, run_id, epoch, %message, "agent report rejected");
+                Some(ReportAck {
+                    report_id,
+                    error: message,
+                    stale: false,
+                })
             }
-            Err(error) => tracing::warn!(agent_id, %error, "could not record agent report"),
+            // Not committed, not refused: no acknowledgement, so the agent sends it again.
+            Err(error) => {
+                tracing::warn!(agent_id, run_id, %error, "could not record agent report");
+                None
+            }
+        };
+        let Some(ack) = ack else {
+            return;
+        };
+        if finishes {
+            self.agents.mark_finished(agent_id, &run_id);
         }
+        if report_id != 0 {
+            self.agents.send(
+                agent_id,
+                CoordinatorMessage {
+                    msg: Some(coordinator_message::Msg::ReportAck(ack)),
+                },
+            );
+        }
+    }
+}
+
+fn lease(agent_id: &str, epoch: u64) -> Lease {
+    Lease {
+        agent_id: agent_id.to_string(),
+        epoch,
     }
 }
 

@@ -4,7 +4,7 @@
 //! Module map: `store` (RocksDB: Raft log and applied state), `raft_node` (drives raft-rs and
 //! applies commands to `kiln_state::State`), `control` (the leader's loop that proposes
 //! assignments, cancellations and failures), `agents` (connected agents, leader memory),
-//! `logs` (live log fan-out), `api` (the gRPC services, the only place that knows tonic's
+//! `logs` (live log fan-out), `stored_logs` (stored step logs streamed back), `api` (the gRPC services, the only place that knows tonic's
 //! server side).
 
 pub mod agents;
@@ -13,6 +13,7 @@ pub mod control;
 pub mod logs;
 pub mod raft_node;
 pub mod store;
+pub mod stored_logs;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -26,6 +27,8 @@ use tokio_util::task::TaskTracker;
 use kiln_proto::v1::agent_service_server::AgentServiceServer;
 use kiln_proto::v1::control_server::ControlServer;
 
+/// How long open calls may take to finish once shutdown begins.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 /// Largest gRPC message accepted (a run request carries a task file of at most 512 KiB).
 const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 
@@ -36,8 +39,8 @@ pub struct Config {
     /// Registry host runs push to by default, and where contexts and logs are stored.
     pub registry: String,
     pub node_id: u64,
-    /// How long a run waits for its agent to reconnect before it ends in Error.
-    pub agent_grace: std::time::Duration,
+    /// Heartbeats, the lost-agent limit, the grace period and the acknowledgement timeout.
+    pub liveness: control::LivenessConfig,
 }
 
 /// Runs the coordinator until `shutdown` is cancelled.
@@ -65,7 +68,7 @@ pub async fn serve(
     let store = store::Store::open(&config.data_dir.join("db"))?;
     let raft_shutdown = CancellationToken::new();
     let (raft, raft_thread) = raft_node::start(store, config.node_id, raft_shutdown.clone())?;
-    let agents = Arc::new(agents::Agents::new());
+    let agents = Arc::new(agents::Agents::new(config.liveness.lost_after));
     let logs = Arc::new(logs::LogHub::default());
     let tasks = TaskTracker::new();
 
@@ -74,21 +77,31 @@ pub async fn serve(
         agents: agents.clone(),
         logs: logs.clone(),
         started: Instant::now(),
-        agent_grace: config.agent_grace,
+        liveness: config.liveness,
     };
     tasks.spawn(control.run(shutdown.child_token()));
 
     let api = api::Api {
         raft,
-        agents,
+        agents: agents.clone(),
         logs,
         registry,
         tasks: tasks.clone(),
+        liveness: config.liveness,
     };
     let address = listener.local_addr()?;
     tracing::info!(%address, registry = %config.registry, data_dir = %config.data_dir.display(), "coordinator listening");
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let server = tonic::transport::Server::builder()
+        // HTTP/2 pings, so a peer that vanished without closing its connection is noticed
+        // even when no heartbeat is due.
+        .http2_keepalive_interval(Some(
+            config
+                .liveness
+                .heartbeat_interval
+                .max(std::time::Duration::from_secs(1)),
+        ))
+        .http2_keepalive_timeout(Some(config.liveness.lost_after))
         .add_service(
             ControlServer::new(api.clone())
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -100,7 +113,19 @@ pub async fn serve(
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled());
-    let result = server.await;
+    // On shutdown, end the agents' streams at once (they would keep the server open), and give
+    // the remaining calls (log followers) a few seconds before they are cut.
+    let result = tokio::select! {
+        result = server => result,
+        _ = async {
+            shutdown.cancelled().await;
+            agents.disconnect_all();
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => {
+            tracing::warn!("some calls did not finish within {SHUTDOWN_GRACE:?} of shutdown; cut");
+            Ok(())
+        }
+    };
     // Ordered drain: the API is closed, now stop the loops, then Raft (which flushes RocksDB).
     tasks.close();
     shutdown.cancel();

@@ -45,6 +45,9 @@ pub enum ProposeError {
     Timeout(Duration),
     #[error("{0}")]
     Rejected(String),
+    /// Rejected because the report's lease is not the run's current one.
+    #[error("{0}")]
+    Stale(String),
 }
 
 struct Proposal {
@@ -79,6 +82,7 @@ impl RaftHandle {
             Err(_) => Err(ProposeError::Timeout(PROPOSE_TIMEOUT)),
             Ok(Err(_)) => Err(ProposeError::ShuttingDown),
             Ok(Ok(Err(error))) => Err(error),
+            Ok(Ok(Ok(result))) if result.stale_lease => Err(ProposeError::Stale(result.error)),
             Ok(Ok(Ok(result))) if !result.error.is_empty() => {
                 Err(ProposeError::Rejected(result.error))
             }
@@ -278,7 +282,7 @@ impl Driver {
                     EntryType::EntryNormal => {
                         let result = match Command::decode(entry.get_data()) {
                             Ok(command) => {
-                                let outcome = state.apply(&command);
+                                let outcome = state.apply(entry.get_index(), &command);
                                 if let Some(seq) = outcome.changed_run {
                                     changed.push(seq);
                                 }
@@ -289,7 +293,7 @@ impl Driver {
                                     "undecodable command at index {}: {error}",
                                     entry.get_index()
                                 ),
-                                run_id: String::new(),
+                                ..ApplyResult::default()
                             },
                         };
                         if let Some(reply) =

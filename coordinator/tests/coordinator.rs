@@ -1,5 +1,6 @@
-//! The coordinator in-process with a scripted agent over real gRPC: scheduling by platform,
-//! the report protocol, live logs, cancellation, and a restart on the same data directory.
+//! The coordinator in-process with scripted agents over real gRPC: scheduling by platform, the
+//! lease protocol (epochs, acknowledgements, fencing), liveness, live logs, cancellation, and
+//! restarts on the same data directory.
 
 use std::time::Duration;
 
@@ -7,16 +8,29 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
+use kiln_coordinator::control::LivenessConfig;
 use kiln_proto::pb::{Platform, RunRequest, RunStatus, StepStatus};
 use kiln_proto::v1::agent_service_client::AgentServiceClient;
 use kiln_proto::v1::control_client::ControlClient;
 use kiln_proto::v1::{
-    agent_message, coordinator_message, AgentMessage, AgentPlatform, CancelRunRequest,
-    CoordinatorMessage, GetRunRequest, GetRunResponse, Hello, LogChunk, RunFinished, RunPlanned,
-    StepUpdate, StreamLogsRequest, SubmitRunRequest,
+    agent_message, coordinator_message, ActiveRun, AgentMessage, AgentPlatform, Assignment,
+    AssignmentAck, CancelRunRequest, CoordinatorMessage, DrainAgentRequest, GetInfoRequest,
+    GetRunRequest, GetRunResponse, Heartbeat, Hello, ImagePushed, LogChunk, ReportAck, RunFinished,
+    RunPlanned, StepUpdate, StreamLogsRequest, SubmitRunRequest,
 };
 
 const WAIT: Duration = Duration::from_secs(20);
+
+/// Short limits, so that loss and acknowledgement timeouts happen within a test.
+fn liveness() -> LivenessConfig {
+    LivenessConfig {
+        heartbeat_interval: Duration::from_millis(100),
+        lost_after: Duration::from_millis(800),
+        agent_grace: Duration::from_secs(2),
+        ack_timeout: Duration::from_millis(700),
+        timeout_slack: Duration::from_secs(120),
+    }
+}
 
 struct Coordinator {
     address: String,
@@ -33,7 +47,7 @@ async fn start(data_dir: &std::path::Path) -> Coordinator {
         // Never contacted: no step here stores a log blob.
         registry: "127.0.0.1:1".to_string(),
         node_id: 1,
-        agent_grace: Duration::from_secs(30),
+        liveness: liveness(),
     };
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(kiln_coordinator::serve(listener, config, shutdown.clone()));
@@ -55,15 +69,23 @@ impl Coordinator {
     }
 }
 
-/// A scripted agent: says Hello and hands back what the coordinator sends.
+/// A scripted agent: says Hello, sends heartbeats while `beating`, and hands back what the
+/// coordinator sends.
 struct Agent {
     tx: mpsc::Sender<AgentMessage>,
     inbound: tonic::Streaming<CoordinatorMessage>,
+    heartbeats: tokio::task::JoinHandle<()>,
+    next_report: u64,
 }
 
-async fn connect_agent(address: &str, id: &str, platforms: &[(&str, &str, bool)]) -> Agent {
-    let (tx, rx) = mpsc::channel(16);
-    let hello = Hello {
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.heartbeats.abort();
+    }
+}
+
+fn hello(id: &str, platforms: &[(&str, &str, bool)], leases: Vec<ActiveRun>) -> Hello {
+    Hello {
         agent_id: id.to_string(),
         platforms: platforms
             .iter()
@@ -77,35 +99,138 @@ async fn connect_agent(address: &str, id: &str, platforms: &[(&str, &str, bool)]
             })
             .collect(),
         capacity: 2,
-        active_runs: vec![],
         version: "test".to_string(),
-    };
+        protocol_version: kiln_proto::PROTOCOL_VERSION,
+        leases,
+        ..Hello::default()
+    }
+}
+
+async fn open_session(
+    address: &str,
+    hello: Hello,
+) -> Result<
+    (
+        mpsc::Sender<AgentMessage>,
+        tonic::Streaming<CoordinatorMessage>,
+    ),
+    tonic::Status,
+> {
+    let (tx, rx) = mpsc::channel(64);
     tx.send(AgentMessage {
         msg: Some(agent_message::Msg::Hello(hello)),
+        report_id: 0,
     })
     .await
     .unwrap();
     let mut client = AgentServiceClient::connect(address.to_string())
         .await
         .unwrap();
-    let inbound = client
-        .session(ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
-    Agent { tx, inbound }
+    let inbound = client.session(ReceiverStream::new(rx)).await?.into_inner();
+    Ok((tx, inbound))
+}
+
+async fn connect_agent(address: &str, id: &str, platforms: &[(&str, &str, bool)]) -> Agent {
+    connect_with(address, hello(id, platforms, vec![])).await
+}
+
+async fn connect_with(address: &str, hello: Hello) -> Agent {
+    let (tx, mut inbound) = open_session(address, hello).await.unwrap();
+    let first = inbound.message().await.unwrap().unwrap().msg.unwrap();
+    let coordinator_message::Msg::Welcome(welcome) = first else {
+        panic!("the coordinator's first message is Welcome, not {first:?}")
+    };
+    assert_eq!(welcome.protocol_version, kiln_proto::PROTOCOL_VERSION);
+    let beat_tx = tx.clone();
+    let heartbeats = tokio::spawn(async move {
+        let mut seq = 0;
+        loop {
+            seq += 1;
+            let beat = AgentMessage {
+                msg: Some(agent_message::Msg::Heartbeat(Heartbeat {
+                    seq,
+                    ..Heartbeat::default()
+                })),
+                report_id: 0,
+            };
+            if beat_tx.send(beat).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    Agent {
+        tx,
+        inbound,
+        heartbeats,
+        next_report: 1,
+    }
 }
 
 impl Agent {
+    /// The next message that is not a heartbeat.
     async fn next(&mut self) -> coordinator_message::Msg {
-        let message = tokio::time::timeout(WAIT, self.inbound.message())
-            .await
-            .expect("a message in time");
-        message.unwrap().unwrap().msg.unwrap()
+        loop {
+            let message = tokio::time::timeout(WAIT, self.inbound.message())
+                .await
+                .expect("a message in time");
+            match message.unwrap().unwrap().msg.unwrap() {
+                coordinator_message::Msg::Heartbeat(_) => continue,
+                other => return other,
+            }
+        }
     }
 
-    async fn send(&self, msg: agent_message::Msg) {
-        self.tx.send(AgentMessage { msg: Some(msg) }).await.unwrap();
+    async fn next_assignment(&mut self) -> Assignment {
+        loop {
+            match self.next().await {
+                coordinator_message::Msg::Assign(assignment) => return assignment,
+                coordinator_message::Msg::ReportAck(_) | coordinator_message::Msg::Drain(_) => {
+                    continue
+                }
+                other => panic!("expected an assignment, got {other:?}"),
+            }
+        }
+    }
+
+    async fn ack_assignment(&self, assignment: &Assignment) {
+        self.send_raw(
+            agent_message::Msg::AssignmentAck(AssignmentAck {
+                run_id: assignment.run_id.clone(),
+                epoch: assignment.epoch,
+            }),
+            0,
+        )
+        .await;
+    }
+
+    async fn send_raw(&self, msg: agent_message::Msg, report_id: u64) {
+        self.tx
+            .send(AgentMessage {
+                msg: Some(msg),
+                report_id,
+            })
+            .await
+            .unwrap();
+    }
+
+    /// Sends a report and waits for its acknowledgement.
+    async fn report(&mut self, msg: agent_message::Msg) -> ReportAck {
+        let id = self.next_report;
+        self.next_report += 1;
+        self.send_raw(msg, id).await;
+        loop {
+            match self.next().await {
+                coordinator_message::Msg::ReportAck(ack) if ack.report_id == id => return ack,
+                coordinator_message::Msg::ReportAck(_) | coordinator_message::Msg::Stop(_) => {}
+                other => panic!("expected the ack of report {id}, got {other:?}"),
+            }
+        }
+    }
+
+    /// Stops heartbeats (a frozen agent).
+    fn freeze(&self) {
+        self.heartbeats.abort();
     }
 }
 
@@ -121,6 +246,17 @@ fn request(arch: &str) -> RunRequest {
         kind: "run".to_string(),
         ..RunRequest::default()
     }
+}
+
+async fn submit(control: &mut ControlClient<tonic::transport::Channel>, arch: &str) -> String {
+    control
+        .submit_run(SubmitRunRequest {
+            request: Some(request(arch)),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .run_id
 }
 
 async fn get_run(
@@ -140,18 +276,46 @@ async fn wait_for_status(
     control: &mut ControlClient<tonic::transport::Channel>,
     run_id: &str,
     status: RunStatus,
-) {
+) -> kiln_proto::pb::Run {
     tokio::time::timeout(WAIT, async {
         loop {
             let run = get_run(control, run_id).await.run.unwrap();
             if run.status() == status {
-                return;
+                return run;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
     .await
-    .unwrap_or_else(|_| panic!("run {run_id} did not become {status:?}"));
+    .unwrap_or_else(|_| panic!("run {run_id} did not become {status:?}"))
+}
+
+fn step(run_id: &str, epoch: u64, status: StepStatus) -> agent_message::Msg {
+    agent_message::Msg::StepUpdate(StepUpdate {
+        run_id: run_id.to_string(),
+        step_id: "acb_step_0".into(),
+        status: status as i32,
+        has_exit_code: status == StepStatus::Succeeded,
+        epoch,
+        ..StepUpdate::default()
+    })
+}
+
+fn planned(run_id: &str, epoch: u64) -> agent_message::Msg {
+    agent_message::Msg::RunPlanned(RunPlanned {
+        run_id: run_id.to_string(),
+        step_ids: vec!["acb_step_0".into()],
+        epoch,
+    })
+}
+
+fn finished(run_id: &str, epoch: u64, status: RunStatus) -> agent_message::Msg {
+    agent_message::Msg::RunFinished(RunFinished {
+        run_id: run_id.to_string(),
+        status: status as i32,
+        reason: String::new(),
+        epoch,
+    })
 }
 
 #[tokio::test]
@@ -161,30 +325,16 @@ async fn runs_are_scheduled_by_platform_reported_and_survive_a_restart() {
     let mut control = coordinator.control().await;
 
     // An arm64 run with only an amd64 agent stays queued and says why.
-    let arm = control
-        .submit_run(SubmitRunRequest {
-            request: Some(request("arm64")),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .run_id;
+    let arm = submit(&mut control, "arm64").await;
     let mut amd_agent =
         connect_agent(&coordinator.address, "amd", &[("linux", "amd64", false)]).await;
-    let amd = control
-        .submit_run(SubmitRunRequest {
-            request: Some(request("amd64")),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .run_id;
+    let amd = submit(&mut control, "amd64").await;
     assert_eq!((arm.as_str(), amd.as_str()), ("ca1", "ca2"));
 
-    let coordinator_message::Msg::Assign(assignment) = amd_agent.next().await else {
-        panic!("expected an assignment")
-    };
+    let assignment = amd_agent.next_assignment().await;
     assert_eq!(assignment.run_id, amd);
+    assert!(assignment.epoch > 0);
+    amd_agent.ack_assignment(&assignment).await;
     let queued = get_run(&mut control, &arm).await;
     assert!(
         queued
@@ -194,13 +344,10 @@ async fn runs_are_scheduled_by_platform_reported_and_survive_a_restart() {
         queued.queued_reason
     );
 
-    // The agent reports; a follower sees the live log and the stream ends with the run.
-    amd_agent
-        .send(agent_message::Msg::RunPlanned(RunPlanned {
-            run_id: amd.clone(),
-            step_ids: vec!["acb_step_0".into()],
-        }))
-        .await;
+    // The agent reports under its lease; a follower sees the live log and the stream ends
+    // with the run.
+    let epoch = assignment.epoch;
+    assert_eq!(amd_agent.report(planned(&amd, epoch)).await.error, "");
     let mut follower = control
         .stream_logs(StreamLogsRequest {
             run_id: amd.clone(),
@@ -209,30 +356,28 @@ async fn runs_are_scheduled_by_platform_reported_and_survive_a_restart() {
         .await
         .unwrap()
         .into_inner();
-    let step = |status: StepStatus| {
-        agent_message::Msg::StepUpdate(StepUpdate {
-            run_id: amd.clone(),
-            step_id: "acb_step_0".into(),
-            status: status as i32,
-            has_exit_code: status == StepStatus::Succeeded,
-            ..StepUpdate::default()
-        })
-    };
-    amd_agent.send(step(StepStatus::Running)).await;
+    assert_eq!(
+        amd_agent
+            .report(step(&amd, epoch, StepStatus::Running))
+            .await
+            .error,
+        ""
+    );
     amd_agent
-        .send(agent_message::Msg::Log(LogChunk {
-            run_id: amd.clone(),
-            step_id: "acb_step_0".into(),
-            data: b"hi\n".to_vec(),
-        }))
+        .send_raw(
+            agent_message::Msg::Log(LogChunk {
+                run_id: amd.clone(),
+                step_id: "acb_step_0".into(),
+                data: b"hi\n".to_vec(),
+            }),
+            0,
+        )
         .await;
-    amd_agent.send(step(StepStatus::Succeeded)).await;
     amd_agent
-        .send(agent_message::Msg::RunFinished(RunFinished {
-            run_id: amd.clone(),
-            status: RunStatus::Succeeded as i32,
-            reason: String::new(),
-        }))
+        .report(step(&amd, epoch, StepStatus::Succeeded))
+        .await;
+    amd_agent
+        .report(finished(&amd, epoch, RunStatus::Succeeded))
         .await;
     let mut log = Vec::new();
     while let Some(chunk) = tokio::time::timeout(WAIT, follower.message())
@@ -243,7 +388,9 @@ async fn runs_are_scheduled_by_platform_reported_and_survive_a_restart() {
         log.extend(chunk.data);
     }
     assert_eq!(log, b"hi\n");
-    wait_for_status(&mut control, &amd, RunStatus::Succeeded).await;
+    let run = wait_for_status(&mut control, &amd, RunStatus::Succeeded).await;
+    assert!(run.acknowledged);
+    assert_eq!(run.lease_epoch, epoch);
 
     // An emulating agent takes the arm64 run; cancelling it reaches that agent.
     let mut emulator = connect_agent(
@@ -252,13 +399,12 @@ async fn runs_are_scheduled_by_platform_reported_and_survive_a_restart() {
         &[("linux", "amd64", false), ("linux", "arm64", true)],
     )
     .await;
-    let coordinator_message::Msg::Assign(assignment) = emulator.next().await else {
-        panic!("expected an assignment")
-    };
+    let assignment = emulator.next_assignment().await;
     assert_eq!(
         (assignment.run_id.as_str(), assignment.emulated),
         (arm.as_str(), true)
     );
+    emulator.ack_assignment(&assignment).await;
     control
         .cancel_run(CancelRunRequest {
             run_id: arm.clone(),
@@ -270,11 +416,7 @@ async fn runs_are_scheduled_by_platform_reported_and_survive_a_restart() {
     };
     assert_eq!(cancel.run_id, arm);
     emulator
-        .send(agent_message::Msg::RunFinished(RunFinished {
-            run_id: arm.clone(),
-            status: RunStatus::Canceled as i32,
-            reason: "canceled".into(),
-        }))
+        .report(finished(&arm, assignment.epoch, RunStatus::Canceled))
         .await;
     wait_for_status(&mut control, &arm, RunStatus::Canceled).await;
 
@@ -290,15 +432,318 @@ async fn runs_are_scheduled_by_platform_reported_and_survive_a_restart() {
         get_run(&mut control, &arm).await.run.unwrap().status(),
         RunStatus::Canceled
     );
-    let next = control
-        .submit_run(SubmitRunRequest {
-            request: Some(request("amd64")),
+    assert_eq!(submit(&mut control, "amd64").await, "ca3");
+    coordinator.stop().await;
+}
+
+#[tokio::test]
+async fn reports_from_another_stream_or_an_old_lease_change_nothing_and_are_told_to_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let coordinator = start(dir.path()).await;
+    let mut control = coordinator.control().await;
+    let mut owner =
+        connect_agent(&coordinator.address, "owner", &[("linux", "amd64", false)]).await;
+    let run_id = submit(&mut control, "amd64").await;
+    let assignment = owner.next_assignment().await;
+    owner.ack_assignment(&assignment).await;
+    let epoch = assignment.epoch;
+    owner.report(planned(&run_id, epoch)).await;
+    owner
+        .report(step(&run_id, epoch, StepStatus::Running))
+        .await;
+
+    // Another agent, knowing the run id and even the epoch, forges every kind of report.
+    let mut forger =
+        connect_agent(&coordinator.address, "forger", &[("linux", "amd64", false)]).await;
+    let forged = [
+        planned(&run_id, epoch),
+        step(&run_id, epoch, StepStatus::Succeeded),
+        agent_message::Msg::ImagePushed(ImagePushed {
+            run_id: run_id.clone(),
+            step_id: "acb_step_0".into(),
+            image: "127.0.0.1:5000/evil:1".into(),
+            digest: format!("sha256:{}", "e".repeat(64)),
+            epoch,
+        }),
+        agent_message::Msg::LogStored(kiln_proto::v1::LogStored {
+            run_id: run_id.clone(),
+            step_id: "acb_step_0".into(),
+            epoch,
+            index: 0,
+            digest: format!("sha256:{}", "f".repeat(64)),
+            size: 1,
+        }),
+        finished(&run_id, epoch, RunStatus::Succeeded),
+    ];
+    for msg in forged {
+        let ack = forger.report(msg).await;
+        assert!(ack.stale, "a forged report was not refused: {ack:?}");
+    }
+    // The owner, under an old epoch, is refused too.
+    let ack = owner
+        .report(step(&run_id, epoch - 1, StepStatus::Succeeded))
+        .await;
+    assert!(ack.stale && ack.error.contains("stale lease"), "{ack:?}");
+    let run = get_run(&mut control, &run_id).await.run.unwrap();
+    assert_eq!(run.status(), RunStatus::Running);
+    assert_eq!(run.steps[0].status(), StepStatus::Running);
+    assert!(run.images.is_empty());
+    assert!(run.steps[0].log_segments.is_empty());
+
+    // A report sent twice (its first ack was lost) is applied once.
+    let image = agent_message::Msg::ImagePushed(ImagePushed {
+        run_id: run_id.clone(),
+        step_id: "acb_step_0".into(),
+        image: "127.0.0.1:5000/app:1".into(),
+        digest: format!("sha256:{}", "a".repeat(64)),
+        epoch,
+    });
+    assert_eq!(owner.report(image.clone()).await.error, "");
+    assert_eq!(owner.report(image).await.error, "");
+    assert_eq!(
+        get_run(&mut control, &run_id)
+            .await
+            .run
+            .unwrap()
+            .images
+            .len(),
+        1
+    );
+    drop((owner, forger, control));
+    coordinator.stop().await;
+}
+
+#[tokio::test]
+async fn a_second_live_agent_with_the_same_id_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let coordinator = start(dir.path()).await;
+    let _first = connect_agent(&coordinator.address, "twin", &[("linux", "amd64", false)]).await;
+    let error = open_session(
+        &coordinator.address,
+        hello("twin", &[("linux", "amd64", false)], vec![]),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(error.code(), tonic::Code::AlreadyExists);
+    assert!(
+        error.message().contains("already connected"),
+        "{}",
+        error.message()
+    );
+    // An old agent (protocol 1) is refused with what to do.
+    let mut old = hello("old", &[("linux", "amd64", false)], vec![]);
+    old.protocol_version = 1;
+    let error = open_session(&coordinator.address, old).await.unwrap_err();
+    assert_eq!(error.code(), tonic::Code::FailedPrecondition);
+    assert!(error.message().contains("upgrade"), "{}", error.message());
+    // Unknown platforms are ignored, not a reason to refuse the agent.
+    let _odd = connect_agent(
+        &coordinator.address,
+        "odd",
+        &[("linux", "amd64", false), ("linux", "riscv64", true)],
+    )
+    .await;
+    coordinator.stop().await;
+}
+
+#[tokio::test]
+async fn an_unacknowledged_assignment_goes_to_another_agent_and_the_late_ack_is_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let coordinator = start(dir.path()).await;
+    let mut control = coordinator.control().await;
+    // The deaf agent heartbeats but never acknowledges; ties between free agents go by id,
+    // so the other one ("a-…") is chosen once the run is back in the queue.
+    let mut deaf =
+        connect_agent(&coordinator.address, "z-deaf", &[("linux", "amd64", false)]).await;
+    let run_id = submit(&mut control, "amd64").await;
+    let first = deaf.next_assignment().await;
+    assert_eq!(first.run_id, run_id);
+    let mut other = connect_agent(
+        &coordinator.address,
+        "a-other",
+        &[("linux", "amd64", false)],
+    )
+    .await;
+    let second = other.next_assignment().await;
+    assert_eq!(second.run_id, run_id);
+    assert!(second.epoch > first.epoch);
+    let run = get_run(&mut control, &run_id).await.run.unwrap();
+    assert_eq!(run.attempt, 2);
+    assert!(
+        run.requeues[0].contains("did not acknowledge"),
+        "{:?}",
+        run.requeues
+    );
+    drop((deaf, other, control));
+    coordinator.stop().await;
+}
+
+#[tokio::test]
+async fn a_silent_agent_is_declared_lost_and_its_unstarted_run_is_requeued() {
+    let dir = tempfile::tempdir().unwrap();
+    let coordinator = start(dir.path()).await;
+    let mut control = coordinator.control().await;
+    let mut frozen =
+        connect_agent(&coordinator.address, "frozen", &[("linux", "amd64", false)]).await;
+    let run_id = submit(&mut control, "amd64").await;
+    let assignment = frozen.next_assignment().await;
+    frozen.ack_assignment(&assignment).await;
+    frozen.report(planned(&run_id, assignment.epoch)).await;
+    frozen.freeze();
+    // Within the liveness limit it is lost, listed as such, and gets nothing new.
+    let lost = tokio::time::timeout(WAIT, async {
+        loop {
+            let info = control
+                .get_info(GetInfoRequest {})
+                .await
+                .unwrap()
+                .into_inner();
+            if info
+                .agents
+                .iter()
+                .any(|a| a.agent_id == "frozen" && a.state == "lost")
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(lost.is_ok(), "the frozen agent was not declared lost");
+    let run = wait_for_status(&mut control, &run_id, RunStatus::Queued).await;
+    assert!(
+        run.requeues[0].contains("before any step started"),
+        "{:?}",
+        run.requeues
+    );
+    // Its late report, on its old stream, changes nothing.
+    let _ = frozen
+        .tx
+        .send(AgentMessage {
+            msg: Some(step(&run_id, assignment.epoch, StepStatus::Running)),
+            report_id: 99,
+        })
+        .await;
+    let mut healthy = connect_agent(
+        &coordinator.address,
+        "healthy",
+        &[("linux", "amd64", false)],
+    )
+    .await;
+    let again = healthy.next_assignment().await;
+    assert_eq!(again.run_id, run_id);
+    healthy.ack_assignment(&again).await;
+    let run = get_run(&mut control, &run_id).await.run.unwrap();
+    assert_eq!(run.agent_id, "healthy");
+    assert!(run.steps.is_empty());
+
+    // A frozen agent that comes back under the same id is told to stop the run it held.
+    drop(frozen);
+    let mut back = connect_with(
+        &coordinator.address,
+        hello(
+            "frozen",
+            &[("linux", "amd64", false)],
+            vec![ActiveRun {
+                run_id: run_id.clone(),
+                epoch: assignment.epoch,
+            }],
+        ),
+    )
+    .await;
+    let stop = loop {
+        match back.next().await {
+            coordinator_message::Msg::Stop(stop) => break stop,
+            _ => continue,
+        }
+    };
+    assert_eq!(
+        (stop.run_id.as_str(), stop.epoch),
+        (run_id.as_str(), assignment.epoch)
+    );
+    drop((back, healthy, control));
+    coordinator.stop().await;
+}
+
+#[tokio::test]
+async fn a_run_assigned_just_before_a_restart_is_delivered_or_requeued_never_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let coordinator = start(dir.path()).await;
+    let mut control = coordinator.control().await;
+    let mut agent = connect_agent(&coordinator.address, "a", &[("linux", "amd64", false)]).await;
+    let run_id = submit(&mut control, "amd64").await;
+    let assignment = agent.next_assignment().await;
+    // The coordinator goes down after committing AssignRun, before any acknowledgement.
+    drop((agent, control));
+    coordinator.stop().await;
+    let coordinator = start(dir.path()).await;
+    let mut control = coordinator.control().await;
+    let run = get_run(&mut control, &run_id).await.run.unwrap();
+    assert_eq!(run.status(), RunStatus::Running);
+    assert!(!run.acknowledged);
+    // Another agent comes; the unacknowledged run goes to it.
+    let mut other = connect_agent(&coordinator.address, "b", &[("linux", "amd64", false)]).await;
+    let again = other.next_assignment().await;
+    assert_eq!(again.run_id, run_id);
+    assert!(again.epoch > assignment.epoch);
+    other.ack_assignment(&again).await;
+    other.report(planned(&run_id, again.epoch)).await;
+    other
+        .report(step(&run_id, again.epoch, StepStatus::Succeeded))
+        .await;
+    other
+        .report(finished(&run_id, again.epoch, RunStatus::Succeeded))
+        .await;
+    let run = wait_for_status(&mut control, &run_id, RunStatus::Succeeded).await;
+    assert_eq!(run.agent_id, "b");
+    drop((other, control));
+    coordinator.stop().await;
+}
+
+#[tokio::test]
+async fn a_drained_agent_takes_no_runs_until_undrained() {
+    let dir = tempfile::tempdir().unwrap();
+    let coordinator = start(dir.path()).await;
+    let mut control = coordinator.control().await;
+    let mut agent = connect_agent(&coordinator.address, "d", &[("linux", "amd64", false)]).await;
+    let state = control
+        .drain_agent(DrainAgentRequest {
+            agent_id: "d".into(),
+            drain: true,
         })
         .await
         .unwrap()
         .into_inner()
-        .run_id;
-    assert_eq!(next, "ca3");
+        .state;
+    assert_eq!(state, "draining");
+    let coordinator_message::Msg::Drain(drain) = agent.next().await else {
+        panic!("expected the drain to reach the agent")
+    };
+    assert!(drain.drain);
+    let run_id = submit(&mut control, "amd64").await;
+    let reason = get_run(&mut control, &run_id).await.queued_reason;
+    assert!(
+        reason.contains("no agent is connected and ready"),
+        "{reason}"
+    );
+    control
+        .drain_agent(DrainAgentRequest {
+            agent_id: "d".into(),
+            drain: false,
+        })
+        .await
+        .unwrap();
+    let assignment = agent.next_assignment().await;
+    assert_eq!(assignment.run_id, run_id);
+    let error = control
+        .drain_agent(DrainAgentRequest {
+            agent_id: "nobody".into(),
+            drain: true,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), tonic::Code::NotFound);
+    drop((agent, control));
     coordinator.stop().await;
 }
 
@@ -331,6 +776,15 @@ async fn bad_requests_and_unknown_runs_get_clear_errors() {
         "{}",
         error.message()
     );
+    let mut long = request("amd64");
+    long.timeout_seconds = 100_000;
+    let error = control
+        .submit_run(SubmitRunRequest {
+            request: Some(long),
+        })
+        .await
+        .unwrap_err();
+    assert!(error.message().contains("8 hours"), "{}", error.message());
     let error = control
         .get_run(GetRunRequest {
             run_id: "ca42".into(),

@@ -41,8 +41,11 @@ enum Command {
     Runs(runs::RunsCommand),
     /// Prints a run's log.
     Logs(logs::LogsArgs),
-    /// Lists the connected agents and the platforms they run.
-    Agents,
+    /// Lists the agents (ready, draining, lost) and the platforms they run; drains them.
+    Agents {
+        #[command(subcommand)]
+        command: Option<commands::agents::AgentsCommand>,
+    },
     /// Validates, renders and plans task files offline (no farm needed).
     #[command(subcommand)]
     Task(Box<task::TaskCommand>),
@@ -68,7 +71,7 @@ fn main() -> ExitCode {
             Command::Run(args) => run::run(&coordinator, *args).await,
             Command::Runs(command) => runs::run(&coordinator, command).await,
             Command::Logs(args) => logs::run(&coordinator, args).await,
-            Command::Agents => commands::agents::run(&coordinator).await,
+            Command::Agents { command } => commands::agents::run(&coordinator, command).await,
             Command::Task(command) => task::run(*command),
         }
     });

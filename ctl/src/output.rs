@@ -59,6 +59,28 @@ pub fn runs_table(runs: &[Run]) -> String {
 }
 
 /// Everything known about one run.
+/// How much of a step's log is stored: bytes, and segments while it runs.
+fn stored_log(step: &kiln_state::pb::Step) -> String {
+    let stored: u64 = step.log_segments.iter().map(|s| s.size).sum();
+    let bytes = stored.max(step.log_size);
+    if bytes == 0 && step.log_segments.is_empty() && step.log_digest.is_empty() {
+        return "-".to_string();
+    }
+    if step.log_segments.len() > 1 {
+        format!("{} ({} parts)", human_size(bytes), step.log_segments.len())
+    } else {
+        human_size(bytes)
+    }
+}
+
+fn human_size(bytes: u64) -> String {
+    match bytes {
+        b if b < 1024 => format!("{b} B"),
+        b if b < 1024 * 1024 => format!("{:.1} KiB", b as f64 / 1024.0),
+        b => format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0)),
+    }
+}
+
 pub fn run_details(run: &Run, queued_reason: &str) -> String {
     let request = run.request.clone().unwrap_or_default();
     let mut out = String::new();
@@ -89,6 +111,15 @@ pub fn run_details(run: &Run, queued_reason: &str) -> String {
     if run.cancel_requested && run.finished_at_ms == 0 {
         line("Cancel:", "requested");
     }
+    if run.attempt > 1 || !run.requeues.is_empty() {
+        line("Attempt:", &run.attempt.to_string());
+        for requeue in &run.requeues {
+            line("Requeued:", requeue);
+        }
+    }
+    if !request.agent_pool.is_empty() {
+        line("Pool:", &request.agent_pool);
+    }
     if !run.steps.is_empty() {
         out.push_str("Steps:\n");
         let mut rows = vec![[
@@ -96,6 +127,7 @@ pub fn run_details(run: &Run, queued_reason: &str) -> String {
             "STATUS".to_string(),
             "EXIT".to_string(),
             "DURATION".to_string(),
+            "LOG".to_string(),
             "REASON".to_string(),
         ]];
         for step in &run.steps {
@@ -117,6 +149,7 @@ pub fn run_details(run: &Run, queued_reason: &str) -> String {
                 step_status_name(step.status()).to_string(),
                 exit,
                 took,
+                stored_log(step),
                 step.reason.clone(),
             ]);
         }

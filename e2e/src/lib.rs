@@ -19,6 +19,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 pub const DEADLINE: Duration = Duration::from_secs(300);
 /// The coordinators' grace period for a vanished agent, short so tests need not wait 30 s.
 pub const AGENT_GRACE_SECONDS: u64 = 3;
+/// The agents' drain timeout on shutdown, unless a test sets its own.
+pub const AGENT_DRAIN_SECONDS: u64 = 5;
 
 pub struct Farm {
     pub dir: tempfile::TempDir,
@@ -32,6 +34,8 @@ pub struct Farm {
     agent: Option<Child>,
     /// Extra flags for every start of the agent.
     agent_args: Vec<OsString>,
+    /// Extra flags for every start of the coordinator.
+    coordinator_args: Vec<OsString>,
 }
 
 /// A name unique to this test invocation, so repositories never collide across tests or runs.
@@ -71,6 +75,11 @@ impl Farm {
 
     /// Like `start`, with extra flags for the agent (kept for its restarts).
     pub fn start_with_agent_args(agent_args: &[OsString]) -> Self {
+        Self::start_with_args(&[], agent_args)
+    }
+
+    /// Like `start`, with extra flags for the coordinator and the agent (kept for restarts).
+    pub fn start_with_args(coordinator_args: &[&str], agent_args: &[OsString]) -> Self {
         let bin_dir = PathBuf::from(required_env("KILN_BIN_DIR"));
         for binary in ["kiln", "kiln-coordinator", "kiln-agent"] {
             assert!(
@@ -91,6 +100,7 @@ impl Farm {
             coordinator: None,
             agent: None,
             agent_args: agent_args.to_vec(),
+            coordinator_args: coordinator_args.iter().map(OsString::from).collect(),
         };
         farm.start_coordinator();
         farm.start_agent();
@@ -112,6 +122,7 @@ impl Farm {
             .arg(self.dir.path().join("coordinator"))
             .args(["--registry", &self.registry])
             .args(["--agent-grace-seconds", &AGENT_GRACE_SECONDS.to_string()])
+            .args(&self.coordinator_args)
             .stdout(self.log_file("coordinator"))
             .stderr(self.log_file("coordinator"))
             .spawn()
@@ -130,22 +141,82 @@ impl Farm {
     }
 
     pub fn start_agent(&mut self) {
-        let child = Command::new(self.bin_dir.join("kiln-agent"))
+        let child = self.spawn_agent(&self.agent_id.clone(), "agent");
+        self.agent = Some(child);
+        self.wait_for("the agent to connect", || {
+            self.agent_state().as_deref() == Some("ready")
+        });
+    }
+
+    /// Starts another agent process with id `agent_id` (its work directory and log under
+    /// `name`), without waiting for it; the caller owns it.
+    pub fn spawn_agent(&self, agent_id: &str, name: &str) -> Child {
+        let mut command = Command::new(self.bin_dir.join("kiln-agent"));
+        command
             .args(["--coordinator", &self.address])
             .args(["--docker-host", &self.docker_host])
             .arg("--work-dir")
-            .arg(self.dir.path().join("agent"))
-            .args(["--agent-id", &self.agent_id])
-            .args(&self.agent_args)
-            .stdout(self.log_file("agent"))
-            .stderr(self.log_file("agent"))
+            .arg(self.dir.path().join(name))
+            .args(["--agent-id", agent_id])
+            .args(&self.agent_args);
+        if !self
+            .agent_args
+            .iter()
+            .any(|a| a == "--drain-timeout-seconds")
+        {
+            // Tests end with runs still going; a shutdown should not wait ten minutes.
+            command.args(["--drain-timeout-seconds", &AGENT_DRAIN_SECONDS.to_string()]);
+        }
+        command
+            .stdout(self.log_file(name))
+            .stderr(self.log_file(name))
             .spawn()
-            .expect("kiln-agent starts");
-        self.agent = Some(child);
-        let agent_id = self.agent_id.clone();
-        self.wait_for("the agent to connect", || {
-            String::from_utf8_lossy(&self.kiln(&["agents"]).stdout).contains(&agent_id)
-        });
+            .expect("kiln-agent starts")
+    }
+
+    /// Sends `signal` (e.g. "STOP", "CONT", "TERM") to the agent process.
+    pub fn signal_agent(&self, signal: &str) {
+        let pid = self.agent.as_ref().expect("the agent runs").id();
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -{signal} {pid} failed");
+    }
+
+    /// Waits for the agent process to exit by itself (after SIGTERM) and returns whether it
+    /// exited successfully.
+    pub fn wait_for_agent_exit(&mut self) -> bool {
+        let mut child = self.agent.take().expect("the agent runs");
+        let start = Instant::now();
+        while start.elapsed() < DEADLINE {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the agent did not exit\n{}", self.logs());
+    }
+
+    /// The log of a process this farm started (`coordinator`, `agent`, or a `spawn_agent` name).
+    pub fn process_log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
+    }
+
+    /// The agent's state as `kiln agents` lists it (`ready`, `draining`, `lost`,
+    /// `disconnected`), or `None` when it is not listed.
+    pub fn agent_state(&self) -> Option<String> {
+        let output = self.kiln(&["agents"]);
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .find_map(|line| {
+                let mut words = line.split_whitespace();
+                (words.next() == Some(self.agent_id.as_str()))
+                    .then(|| words.next().unwrap_or_default().to_string())
+            })
     }
 
     /// Kills the agent with SIGKILL: no goodbye, no cleanup, like a crashed machine.
@@ -160,9 +231,8 @@ impl Farm {
         if let Some(child) = self.agent.take() {
             terminate(child);
         }
-        let agent_id = self.agent_id.clone();
         self.wait_for("the agent to disconnect", || {
-            !String::from_utf8_lossy(&self.kiln(&["agents"]).stdout).contains(&agent_id)
+            !matches!(self.agent_state().as_deref(), Some("ready" | "draining"))
         });
     }
 

@@ -10,3 +10,13 @@ pub mod v1 {
 }
 
 pub use kiln_state::pb;
+
+/// The agent protocol this build speaks (sent in `Hello` and `Welcome`).
+///
+/// 1: the first protocol (no leases). 2: leases (epochs) on every report, acknowledged
+/// assignments and reports, heartbeats both ways, stored log segments, drain.
+/// A coordinator serves agents of protocol 2 and newer; an agent refuses a coordinator whose
+/// `Welcome` is older than 2.
+pub const PROTOCOL_VERSION: u32 = 2;
+/// The oldest agent protocol a coordinator of this build accepts.
+pub const MIN_PROTOCOL_VERSION: u32 = 2;

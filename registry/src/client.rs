@@ -267,6 +267,38 @@ impl Registry {
         Ok(bytes)
     }
 
+    /// Downloads blob `digest` as a stream of pieces of at most `max_piece` bytes (at least 1),
+    /// holding no more than one piece of the registry's response at a time, and verifies its
+    /// sha256 as it goes: the stream ends with an [`Error::DigestMismatch`] item (after the
+    /// pieces read) when the blob does not match, so callers must not trust the pieces before
+    /// the stream has ended without an error.
+    pub async fn pull_blob_stream(
+        &self,
+        repository: &str,
+        digest: &str,
+        max_piece: usize,
+    ) -> Result<impl futures::Stream<Item = Result<bytes::Bytes, Error>> + Send + 'static, Error>
+    {
+        let image = self.blob_reference(repository, digest).await?;
+        let sized = self
+            .client
+            .pull_blob_stream(&image, digest)
+            .await
+            .map_err(|err| self.map_error(err, repository, Op::Blob(digest), "download a blob"))?;
+        let state = BlobPieces {
+            registry: self.clone(),
+            repository: repository.to_string(),
+            digest: digest.to_string(),
+            stream: sized.stream,
+            pending: bytes::Bytes::new(),
+            hasher: Some(Sha256::new()),
+            max_piece: max_piece.max(1),
+        };
+        Ok(futures::stream::try_unfold(state, |mut state| async move {
+            Ok(state.next_piece().await?.map(|piece| (piece, state)))
+        }))
+    }
+
     /// The digest a tag (or digest) resolves to: the index digest for a multi-platform image, else the manifest's.
     pub async fn manifest_digest(
         &self,
@@ -741,6 +773,55 @@ fn detail_without_url(detail: &str) -> String {
     detail.rsplit(": ").next().unwrap_or(detail).to_string()
 }
 
+/// The state of a [`Registry::pull_blob_stream`] download.
+struct BlobPieces {
+    registry: Registry,
+    repository: String,
+    digest: String,
+    stream: futures::stream::BoxStream<'static, Result<bytes::Bytes, std::io::Error>>,
+    /// What is left of the last piece the registry sent.
+    pending: bytes::Bytes,
+    /// `None` once the digest has been checked.
+    hasher: Option<Sha256>,
+    max_piece: usize,
+}
+
+impl BlobPieces {
+    async fn next_piece(&mut self) -> Result<Option<bytes::Bytes>, Error> {
+        while self.pending.is_empty() {
+            let Some(hasher) = self.hasher.as_mut() else {
+                return Ok(None);
+            };
+            match self.stream.try_next().await.map_err(|err| {
+                self.registry
+                    .map_stream_error(err, &self.repository, &self.digest)
+            })? {
+                Some(chunk) => {
+                    hasher.update(&chunk);
+                    self.pending = chunk;
+                }
+                None => {
+                    let hasher = self.hasher.take().unwrap_or_default();
+                    let actual = format!("sha256:{}", hex::encode(hasher.finalize()));
+                    if actual != self.digest {
+                        return Err(Error::DigestMismatch {
+                            what: format!(
+                                "blob {}/{}@{}",
+                                self.registry.host, self.repository, self.digest
+                            ),
+                            expected: self.digest.clone(),
+                            actual,
+                        });
+                    }
+                    return Ok(None);
+                }
+            }
+        }
+        let take = self.pending.len().min(self.max_piece);
+        Ok(Some(self.pending.split_to(take)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -779,6 +860,66 @@ mod tests {
             }
         );
         assert!(!bearer.contains("tok3n-value"), "{bearer}");
+    }
+
+    /// A registry to test against (`KILN_REGISTRY`), if one is set.
+    fn test_registry() -> Option<Registry> {
+        let host = std::env::var("KILN_REGISTRY").ok()?;
+        Some(Registry::new(&host).expect("client"))
+    }
+
+    async fn collect(
+        stream: impl futures::Stream<Item = Result<bytes::Bytes, Error>>,
+    ) -> (Vec<bytes::Bytes>, Option<Error>) {
+        let mut stream = std::pin::pin!(stream);
+        let mut pieces = Vec::new();
+        loop {
+            match stream.try_next().await {
+                Ok(Some(piece)) => pieces.push(piece),
+                Ok(None) => return (pieces, None),
+                Err(err) => return (pieces, Some(err)),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn blobs_stream_in_bounded_pieces() {
+        let Some(registry) = test_registry() else {
+            return;
+        };
+        let mut blob = Vec::with_capacity(300_000);
+        for i in 0..300_000u32 {
+            blob.push((i % 251) as u8);
+        }
+        let digest = registry
+            .push_blob_bytes(crate::LOGS_REPOSITORY, blob.clone())
+            .await
+            .expect("push");
+        let stream = registry
+            .pull_blob_stream(crate::LOGS_REPOSITORY, &digest, 64 * 1024)
+            .await
+            .expect("stream");
+        let (pieces, error) = collect(stream).await;
+        assert!(error.is_none(), "{error:?}");
+        assert!(pieces.iter().all(|p| !p.is_empty() && p.len() <= 64 * 1024));
+        assert!(pieces.len() >= 5);
+        assert_eq!(pieces.concat(), blob);
+    }
+
+    #[tokio::test]
+    async fn missing_blobs_fail_before_streaming() {
+        let Some(registry) = test_registry() else {
+            return;
+        };
+        let missing = sha256_digest(b"kiln: a blob nobody pushed");
+        let result = registry
+            .pull_blob_stream(crate::LOGS_REPOSITORY, &missing, 1024)
+            .await;
+        assert!(result.is_err());
+        let result = registry
+            .pull_blob_stream(crate::LOGS_REPOSITORY, "sha256:not-hex", 1024)
+            .await;
+        assert!(result.is_err());
     }
 
     #[test]

@@ -1,10 +1,11 @@
 //! [`State`] and its `apply` function: the only way the replicated state changes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::pb::{
-    command, ApplyResult, AssignRun, Command, FinishRun, PlanRun, RecordImage, RequestCancel, Run,
-    RunRequest, RunStatus, Step, StepStatus, SubmitRun, UpdateStep,
+    command, AcknowledgeRun, ApplyResult, AssignRun, Command, FinishRun, Lease, PlanRun,
+    RecordImage, RecordLog, RequestCancel, RequeueRun, Run, RunRequest, RunStatus, Step,
+    StepStatus, SubmitRun, UpdateStep,
 };
 use crate::platform::PlatformSpec;
 
@@ -18,11 +19,29 @@ pub const MAX_STEPS: usize = 1000;
 pub const MAX_IMAGES: usize = 1000;
 /// Longest reason text kept in a record; longer reasons are cut.
 pub const MAX_REASON_BYTES: usize = 4096;
+/// Longest whole-run timeout a request may ask for (ACR's limit: 8 hours).
+pub const MAX_RUN_TIMEOUT_SECONDS: u64 = 28_800;
+/// Most stored log segments one step may have; an agent stores the rest of a longer log as
+/// one last segment when the step ends.
+pub const MAX_LOG_SEGMENTS: usize = 10_000;
+/// Most assignments one run gets in all, whatever the reason for going back to the queue.
+pub const MAX_ATTEMPTS: u32 = 10;
+/// Attempts a run gets with the requeue policy when its request sets none.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+/// Bounds on the smaller request fields.
+pub const MAX_NAME_BYTES: usize = 256;
+pub const MAX_SET_VALUES: usize = 1000;
+pub const MAX_SET_VALUE_BYTES: usize = 64 * 1024;
+pub const MAX_AGENT_LABELS: usize = 32;
+pub const MAX_SECRET_NAMES: usize = 256;
 
-/// The applied state: every run, by sequence number.
+/// The applied state: every run, by sequence number, with indexes of the queued and running
+/// ones (derived from the runs, so the scheduler never scans finished runs).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct State {
     runs: BTreeMap<u64, Run>,
+    queued: BTreeSet<u64>,
+    running: BTreeSet<u64>,
 }
 
 /// What applying one command did.
@@ -39,17 +58,24 @@ impl ApplyOutcome {
         Self {
             result: ApplyResult {
                 error: message.into(),
-                run_id: String::new(),
+                ..ApplyResult::default()
             },
             changed_run: None,
         }
     }
 
+    /// Rejected because the sender does not hold the run's current lease.
+    fn stale(message: impl Into<String>) -> Self {
+        let mut outcome = Self::rejected(message);
+        outcome.result.stale_lease = true;
+        outcome
+    }
+
     fn changed(seq: u64) -> Self {
         Self {
             result: ApplyResult {
-                error: String::new(),
                 run_id: run_id_for_seq(seq),
+                ..ApplyResult::default()
             },
             changed_run: Some(seq),
         }
@@ -59,8 +85,8 @@ impl ApplyOutcome {
     fn unchanged(seq: u64) -> Self {
         Self {
             result: ApplyResult {
-                error: String::new(),
                 run_id: run_id_for_seq(seq),
+                ..ApplyResult::default()
             },
             changed_run: None,
         }
@@ -100,7 +126,9 @@ impl State {
     pub fn from_runs(runs: impl IntoIterator<Item = Run>) -> Self {
         let mut state = Self::default();
         for run in runs {
-            state.runs.insert(run.seq, run);
+            let seq = run.seq;
+            state.runs.insert(seq, run);
+            state.reindex(seq);
         }
         state
     }
@@ -120,16 +148,27 @@ impl State {
 
     /// Runs waiting for an agent, oldest first.
     pub fn queued_runs(&self) -> impl Iterator<Item = &Run> {
-        self.runs
-            .values()
-            .filter(|r| r.status() == RunStatus::Queued)
+        self.queued.iter().filter_map(|seq| self.runs.get(seq))
     }
 
     /// Runs an agent is executing, oldest first.
     pub fn running_runs(&self) -> impl Iterator<Item = &Run> {
-        self.runs
-            .values()
-            .filter(|r| r.status() == RunStatus::Running)
+        self.running.iter().filter_map(|seq| self.runs.get(seq))
+    }
+
+    /// Keeps the queued and running indexes in step with run `seq`'s status.
+    fn reindex(&mut self, seq: u64) {
+        let status = self.runs.get(&seq).map(Run::status);
+        if status == Some(RunStatus::Queued) {
+            self.queued.insert(seq);
+        } else {
+            self.queued.remove(&seq);
+        }
+        if status == Some(RunStatus::Running) {
+            self.running.insert(seq);
+        } else {
+            self.running.remove(&seq);
+        }
     }
 
     fn next_seq(&self) -> u64 {
@@ -139,18 +178,30 @@ impl State {
             .map_or(1, |last| last.saturating_add(1))
     }
 
-    /// Applies one committed command. Deterministic and total: bad content is rejected, never panics.
-    pub fn apply(&mut self, command: &Command) -> ApplyOutcome {
+    /// Applies the command committed at Raft log `index`. Deterministic and total: bad content
+    /// is rejected, never panics. The index is the epoch of the lease an `AssignRun` creates.
+    pub fn apply(&mut self, index: u64, command: &Command) -> ApplyOutcome {
+        let outcome = self.apply_kind(index, command);
+        if let Some(seq) = outcome.changed_run {
+            self.reindex(seq);
+        }
+        outcome
+    }
+
+    fn apply_kind(&mut self, index: u64, command: &Command) -> ApplyOutcome {
         let at_ms = command.at_ms;
         match &command.kind {
             None => ApplyOutcome::rejected("empty command"),
             Some(command::Kind::SubmitRun(c)) => self.submit_run(c, at_ms),
-            Some(command::Kind::AssignRun(c)) => self.assign_run(c, at_ms),
+            Some(command::Kind::AssignRun(c)) => self.assign_run(c, index, at_ms),
             Some(command::Kind::PlanRun(c)) => self.plan_run(c),
             Some(command::Kind::UpdateStep(c)) => self.update_step(c, at_ms),
             Some(command::Kind::RecordImage(c)) => self.record_image(c),
             Some(command::Kind::FinishRun(c)) => self.finish_run(c, at_ms),
             Some(command::Kind::RequestCancel(c)) => self.request_cancel(c, at_ms),
+            Some(command::Kind::AcknowledgeRun(c)) => self.acknowledge_run(c),
+            Some(command::Kind::RequeueRun(c)) => self.requeue_run(c),
+            Some(command::Kind::RecordLog(c)) => self.record_log(c),
         }
     }
 
@@ -174,7 +225,7 @@ impl State {
         ApplyOutcome::changed(seq)
     }
 
-    fn assign_run(&mut self, command: &AssignRun, at_ms: u64) -> ApplyOutcome {
+    fn assign_run(&mut self, command: &AssignRun, index: u64, at_ms: u64) -> ApplyOutcome {
         if command.agent_id.is_empty() {
             return ApplyOutcome::rejected("agent id is missing");
         }
@@ -189,16 +240,127 @@ impl State {
                 run.status()
             ));
         }
+        if run.attempt >= MAX_ATTEMPTS {
+            return ApplyOutcome::rejected(format!(
+                "run {} was assigned {} times already",
+                run.id, run.attempt
+            ));
+        }
         run.status = RunStatus::Running as i32;
         run.agent_id = command.agent_id.clone();
         run.agent_platform = command.agent_platform.clone();
         run.emulated = command.emulated;
         run.started_at_ms = at_ms;
+        run.lease_epoch = index;
+        run.acknowledged = false;
+        run.attempt += 1;
+        ApplyOutcome::changed(seq)
+    }
+
+    fn acknowledge_run(&mut self, command: &AcknowledgeRun) -> ApplyOutcome {
+        let (seq, run) = match self.leased_run_mut(&command.run_id, command.lease.as_ref()) {
+            Ok(found) => found,
+            Err(outcome) => return outcome,
+        };
+        if run.acknowledged {
+            return ApplyOutcome::unchanged(seq);
+        }
+        run.acknowledged = true;
+        ApplyOutcome::changed(seq)
+    }
+
+    fn requeue_run(&mut self, command: &RequeueRun) -> ApplyOutcome {
+        let (seq, run) = match self.leased_run_mut(&command.run_id, command.lease.as_ref()) {
+            Ok(found) => found,
+            Err(outcome) => return outcome,
+        };
+        if command.only_if_unstarted && run_has_started_a_step(run) {
+            return ApplyOutcome::rejected(format!(
+                "run {} has started a step on agent {}; it is not requeued",
+                run.id, run.agent_id
+            ));
+        }
+        if run.cancel_requested {
+            return ApplyOutcome::rejected(format!(
+                "run {} was canceled; it is not requeued",
+                run.id
+            ));
+        }
+        if run.attempt >= MAX_ATTEMPTS {
+            return ApplyOutcome::rejected(format!(
+                "run {} was assigned {} times already; it is not requeued",
+                run.id, run.attempt
+            ));
+        }
+        let note = bounded(&format!(
+            "attempt {} on agent {}: {}",
+            run.attempt, run.agent_id, command.reason
+        ));
+        if run.requeues.len() >= MAX_ATTEMPTS as usize {
+            run.requeues.remove(0);
+        }
+        run.requeues.push(note);
+        run.status = RunStatus::Queued as i32;
+        run.agent_id.clear();
+        run.agent_platform = None;
+        run.emulated = false;
+        run.acknowledged = false;
+        run.started_at_ms = 0;
+        run.steps.clear();
+        run.images.clear();
+        ApplyOutcome::changed(seq)
+    }
+
+    fn record_log(&mut self, command: &RecordLog) -> ApplyOutcome {
+        let Some(segment) = &command.segment else {
+            return ApplyOutcome::rejected("log segment is missing");
+        };
+        if !is_sha256_digest(&segment.digest) {
+            return ApplyOutcome::rejected(format!(
+                "log segment digest '{}' is not of the form sha256:<64 hex digits>",
+                segment.digest
+            ));
+        }
+        let (seq, run) = match self.leased_run_mut(&command.run_id, command.lease.as_ref()) {
+            Ok(found) => found,
+            Err(outcome) => return outcome,
+        };
+        let run_id = run.id.clone();
+        let Some(step) = run.steps.iter_mut().find(|s| s.id == command.step_id) else {
+            return ApplyOutcome::rejected(format!(
+                "run {run_id} has no step '{}'",
+                command.step_id
+            ));
+        };
+        let index = segment.index as usize;
+        if let Some(existing) = step.log_segments.get(index) {
+            if existing == segment {
+                return ApplyOutcome::unchanged(seq);
+            }
+            return ApplyOutcome::rejected(format!(
+                "log segment {index} of step '{}' of run {run_id} is already recorded with another digest",
+                step.id
+            ));
+        }
+        if index != step.log_segments.len() {
+            return ApplyOutcome::rejected(format!(
+                "log segment {index} of step '{}' of run {run_id} is out of order (next is {})",
+                step.id,
+                step.log_segments.len()
+            ));
+        }
+        if index >= MAX_LOG_SEGMENTS {
+            return ApplyOutcome::rejected(format!(
+                "step '{}' of run {run_id} has {MAX_LOG_SEGMENTS} log segments already",
+                step.id
+            ));
+        }
+        step.log_segments.push(segment.clone());
         ApplyOutcome::changed(seq)
     }
 
     fn plan_run(&mut self, command: &PlanRun) -> ApplyOutcome {
-        let (seq, run) = match self.active_run_mut(&command.run_id) {
+        let (seq, run) = match self.leased_run_mut(&command.run_id, command.lease.as_ref()) {
             Ok(found) => found,
             Err(outcome) => return outcome,
         };
@@ -244,7 +406,7 @@ impl State {
         if status == StepStatus::Unspecified {
             return ApplyOutcome::rejected(format!("invalid step status {}", command.status));
         }
-        let (seq, run) = match self.active_run_mut(&command.run_id) {
+        let (seq, run) = match self.leased_run_mut(&command.run_id, command.lease.as_ref()) {
             Ok(found) => found,
             Err(outcome) => return outcome,
         };
@@ -295,7 +457,7 @@ impl State {
         if image.image.is_empty() || !image.digest.starts_with("sha256:") {
             return ApplyOutcome::rejected("an image record needs a name and a sha256 digest");
         }
-        let (seq, run) = match self.active_run_mut(&command.run_id) {
+        let (seq, run) = match self.leased_run_mut(&command.run_id, command.lease.as_ref()) {
             Ok(found) => found,
             Err(outcome) => return outcome,
         };
@@ -316,12 +478,13 @@ impl State {
                 "a run can only finish with a terminal status, not {status:?}"
             ));
         }
-        let (seq, run) = match self.active_run_mut(&command.run_id) {
+        // Agents' finishes and the leader's (lost agent, timeout) alike are about one lease.
+        let (seq, run) = match self.leased_run_mut(&command.run_id, command.lease.as_ref()) {
             Ok(found) => found,
             Err(outcome) => return outcome,
         };
         if !command.agent_id.is_empty() && command.agent_id != run.agent_id {
-            return ApplyOutcome::rejected(format!(
+            return ApplyOutcome::stale(format!(
                 "run {} is not assigned to agent {}",
                 run.id, command.agent_id
             ));
@@ -366,13 +529,29 @@ impl State {
         }
     }
 
-    /// Like `run_mut`, but only for a run that has not finished yet.
-    fn active_run_mut(&mut self, run_id: &str) -> Result<(u64, &mut Run), ApplyOutcome> {
-        let (seq, run) = self.run_mut(run_id)?;
-        if is_terminal(run.status()) {
+    /// The run a lease-fenced command is about: it must be Running, assigned to the lease's
+    /// agent under the lease's epoch. Anything else is a stale (or forged) report.
+    fn leased_run_mut(
+        &mut self,
+        run_id: &str,
+        lease: Option<&Lease>,
+    ) -> Result<(u64, &mut Run), ApplyOutcome> {
+        let Some(lease) = lease else {
             return Err(ApplyOutcome::rejected(format!(
-                "run {run_id} already finished: {}",
+                "a report about run {run_id} carries no lease"
+            )));
+        };
+        let (seq, run) = self.run_mut(run_id)?;
+        if run.status() != RunStatus::Running {
+            return Err(ApplyOutcome::stale(format!(
+                "stale lease: run {run_id} is {}, not Running",
                 status_name(run.status())
+            )));
+        }
+        if run.agent_id != lease.agent_id || run.lease_epoch != lease.epoch {
+            return Err(ApplyOutcome::stale(format!(
+                "stale lease: run {run_id} is leased to agent {} under epoch {}, not to agent {} under epoch {}",
+                run.agent_id, run.lease_epoch, lease.agent_id, lease.epoch
             )));
         }
         Ok((seq, run))
@@ -431,6 +610,13 @@ fn finish(run: &mut Run, status: RunStatus, reason: &str, at_ms: u64) {
     }
 }
 
+/// Whether any step of the run's current attempt has started (or ended).
+pub fn run_has_started_a_step(run: &Run) -> bool {
+    run.steps
+        .iter()
+        .any(|s| !matches!(s.status(), StepStatus::Queued | StepStatus::Unspecified))
+}
+
 fn bounded(text: &str) -> String {
     if text.len() <= MAX_REASON_BYTES {
         return text.to_string();
@@ -460,6 +646,62 @@ fn validate_request(request: &RunRequest) -> Result<(), String> {
     }
     if request.registry.is_empty() {
         return Err("the run has no registry".to_string());
+    }
+    if request.timeout_seconds > MAX_RUN_TIMEOUT_SECONDS {
+        return Err(format!(
+            "the run timeout is {}s; at most {MAX_RUN_TIMEOUT_SECONDS}s (8 hours) is allowed",
+            request.timeout_seconds
+        ));
+    }
+    for (what, value) in [
+        ("the task file name", &request.task_file_name),
+        ("the registry", &request.registry),
+        ("the task name", &request.task_name),
+        ("the trigger", &request.triggered_by),
+        ("the agent pool", &request.agent_pool),
+        ("the submitter", &request.submitter),
+        ("the kind", &request.kind),
+    ] {
+        if value.len() > MAX_NAME_BYTES {
+            return Err(format!(
+                "{what} is {} bytes long; at most {MAX_NAME_BYTES} are allowed",
+                value.len()
+            ));
+        }
+    }
+    if request.set.len() > MAX_SET_VALUES {
+        return Err(format!(
+            "the run sets {} values; at most {MAX_SET_VALUES} are allowed",
+            request.set.len()
+        ));
+    }
+    if let Some(kv) = request
+        .set
+        .iter()
+        .find(|kv| kv.key.len() > MAX_NAME_BYTES || kv.value.len() > MAX_SET_VALUE_BYTES)
+    {
+        return Err(format!(
+            "the value '{}' is too long (keys up to {MAX_NAME_BYTES} bytes, values up to {MAX_SET_VALUE_BYTES})",
+            kv.key.chars().take(40).collect::<String>()
+        ));
+    }
+    if request.agent_labels.len() > MAX_AGENT_LABELS {
+        return Err(format!(
+            "the run asks for {} agent labels; at most {MAX_AGENT_LABELS} are allowed",
+            request.agent_labels.len()
+        ));
+    }
+    if request.secret_names.len() > MAX_SECRET_NAMES {
+        return Err(format!(
+            "the task declares {} secrets; at most {MAX_SECRET_NAMES} are allowed",
+            request.secret_names.len()
+        ));
+    }
+    if request.max_attempts > MAX_ATTEMPTS {
+        return Err(format!(
+            "max attempts is {}; at most {MAX_ATTEMPTS} are allowed",
+            request.max_attempts
+        ));
     }
     if !request.context_digest.is_empty() && !is_sha256_digest(&request.context_digest) {
         return Err(format!(

@@ -173,6 +173,10 @@ impl DockerRuntime {
                 port_bindings: (!port_bindings.is_empty()).then_some(port_bindings),
                 privileged: Some(spec.privileged),
                 isolation,
+                nano_cpus: spec.cpu_millis.map(super::nano_cpus),
+                memory: spec
+                    .memory_bytes
+                    .map(|m| i64::try_from(m).unwrap_or(i64::MAX)),
                 ..Default::default()
             }),
             networking_config,
@@ -465,6 +469,27 @@ impl DockerRuntime {
         }
         if let Some(network) = &spec.network {
             options = options.networkmode(network);
+        }
+        if let Some(millis) = spec.cpu_millis {
+            // The build API takes 32-bit values.
+            match i32::try_from(super::cpu_quota_micros(millis)) {
+                Ok(quota) => {
+                    options = options
+                        .cpuquota(quota)
+                        .cpuperiod(super::CPU_PERIOD_MICROS as i32);
+                }
+                Err(_) => {
+                    log.line(&format!("The CPU limit ({millis} millicores) is too large for the build API; the build runs without one")).await;
+                }
+            }
+        }
+        if let Some(bytes) = spec.memory_bytes {
+            match i32::try_from(bytes) {
+                Ok(memory) => options = options.memory(memory),
+                Err(_) => {
+                    log.line(&format!("The engine's build API takes memory limits up to {} bytes; the build runs without the run's limit of {bytes} bytes", i32::MAX)).await;
+                }
+            }
         }
         let build_args = parse_pairs(&spec.build_args);
         if !build_args.is_empty() {

@@ -53,6 +53,10 @@ pub struct ContainerSpec {
     pub platform: Option<String>,
     /// Allocates a pseudo-terminal (`-t` in a `cmd`).
     pub tty: bool,
+    /// CPU limit in millicores (the run's `cpu_millis`); `None`: no limit.
+    pub cpu_millis: Option<u32>,
+    /// Memory limit in bytes (the run's `memory_bytes`); `None`: no limit.
+    pub memory_bytes: Option<u64>,
 }
 
 /// Everything needed for one classic-builder image build.
@@ -73,6 +77,23 @@ pub struct BuildSpec {
     pub labels: Vec<String>,
     /// Network for `RUN` instructions; `None` is the engine's default.
     pub network: Option<String>,
+    /// CPU limit of the build's containers in millicores; `None`: no limit.
+    pub cpu_millis: Option<u32>,
+    /// Memory limit of the build's containers in bytes; `None`: no limit.
+    pub memory_bytes: Option<u64>,
+}
+
+/// The CFS period the engine's build API gets with a CPU quota (100 ms, docker's default).
+pub const CPU_PERIOD_MICROS: u32 = 100_000;
+
+/// `nano_cpus` for a limit in millicores.
+pub fn nano_cpus(cpu_millis: u32) -> i64 {
+    i64::from(cpu_millis) * 1_000_000
+}
+
+/// The CFS quota (microseconds per `CPU_PERIOD_MICROS`) for a limit in millicores.
+pub fn cpu_quota_micros(cpu_millis: u32) -> u64 {
+    u64::from(cpu_millis) * u64::from(CPU_PERIOD_MICROS) / 1000
 }
 
 /// Why a runtime operation failed.
@@ -178,6 +199,14 @@ pub fn split_image_reference(image: &str) -> (String, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_limits_in_engine_units() {
+        assert_eq!(nano_cpus(1500), 1_500_000_000);
+        assert_eq!(cpu_quota_micros(1500), 150_000);
+        assert_eq!(cpu_quota_micros(250), 25_000);
+        assert_eq!(nano_cpus(u32::MAX), i64::from(u32::MAX) * 1_000_000);
+    }
 
     #[test]
     fn splits_references() {

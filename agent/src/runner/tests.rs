@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kiln_proto::pb::{Platform, RunRequest, RunStatus, StepStatus};
-use kiln_proto::v1::Assignment;
+use kiln_proto::v1::{Assignment, LogStored};
 use tokio::sync::Barrier;
 use tokio_util::sync::CancellationToken;
 
@@ -133,6 +133,24 @@ async fn run_with(
     timeout_seconds: u64,
     on_report: impl Fn(&Report, &CancellationToken),
 ) -> Outcome {
+    let request = RunRequest {
+        registry: "127.0.0.1:5000".into(),
+        timeout_seconds,
+        ..Default::default()
+    };
+    run_answering(runtime, blobs, plan, request, on_report, |_| Ok(())).await
+}
+
+/// Like `run_with`; `answer` is the coordinator's answer to each report the runner waits to
+/// have committed.
+async fn run_answering(
+    runtime: FakeRuntime,
+    blobs: FakeBlobs,
+    plan: Plan,
+    request: RunRequest,
+    on_report: impl Fn(&Report, &CancellationToken),
+    answer: impl Fn(&Report) -> crate::reports::CommitResult,
+) -> Outcome {
     let dir = tempfile::tempdir().expect("tempdir");
     let (reports, mut rx) = report_channel(16);
     let env = Arc::new(RunnerEnv {
@@ -147,11 +165,7 @@ async fn run_with(
     });
     let assignment = Assignment {
         run_id: "r1".into(),
-        request: Some(RunRequest {
-            registry: "127.0.0.1:5000".into(),
-            timeout_seconds,
-            ..Default::default()
-        }),
+        request: Some(request),
         created_at_ms: 0,
         platform: Some(Platform {
             os: "linux".into(),
@@ -159,6 +173,7 @@ async fn run_with(
             variant: String::new(),
         }),
         emulated: false,
+        ..Default::default()
     };
     let cancel = CancellationToken::new();
     let task = tokio::spawn(execute_planned(
@@ -169,7 +184,11 @@ async fn run_with(
     ));
     let mut seen = Vec::new();
     let collect = async {
-        while let Some(report) = rx.recv().await {
+        while let Some(envelope) = rx.recv_envelope().await {
+            let report = envelope.report;
+            if let Some(committed) = envelope.committed {
+                let _ = committed.send(answer(&report));
+            }
             on_report(&report, &cancel);
             let done = matches!(report, Report::Finished(_));
             seen.push(report);
@@ -251,10 +270,32 @@ async fn dependents_start_after_their_dependencies() {
     assert_eq!(spec.working_dir.as_deref(), Some("/workspace"));
     assert!(spec.binds[0].ends_with(":/workspace"));
     assert_eq!(spec.args, vec!["arg1".to_string()]);
-    // Every step's log was uploaded and its digest reported.
+    // Every step's log was stored in segments, reported before the step's end, which carries
+    // only the log's size.
     let update = out.step("c");
-    assert_eq!(update.log_digest, "sha256:log");
+    assert!(update.log_digest.is_empty());
     assert!(update.has_exit_code && update.exit_code == 0);
+    let segments: Vec<&LogStored> = out
+        .reports
+        .iter()
+        .filter_map(|r| match r {
+            Report::LogStored(s) if s.step_id == "c" => Some(s),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(segments.len(), 1);
+    assert_eq!(segments[0].index, 0);
+    assert_eq!(segments[0].digest, "sha256:log");
+    assert_eq!(segments[0].size, update.log_size);
+    assert!(update.log_size > 0);
+    let stored_at = out
+        .reports
+        .iter()
+        .position(|r| matches!(r, Report::LogStored(s) if s.step_id == "c"));
+    let ended_at = out.reports.iter().position(|r| {
+        matches!(r, Report::Step(u) if u.step_id == "c" && u.status == StepStatus::Succeeded as i32)
+    });
+    assert!(stored_at < ended_at);
     let uploads = lock(&out.runtime.blobs.uploads).clone();
     assert_eq!(uploads.len(), 3);
     assert!(uploads[0].starts_with("Executing step ID: a. Timeout(sec): 600, Working directory: '/workspace', Network: 'kiln-r1'"));
@@ -440,6 +481,126 @@ async fn cancel_stops_everything_and_cleans_up() {
 }
 
 #[tokio::test]
+async fn a_step_never_starts_under_a_lease_the_coordinator_took_back() {
+    let stale = |report: &Report| match report {
+        Report::Step(u) if u.step_id == "b" => Err(crate::reports::ReportError::Stale(
+            "run r1 is leased to agent-2".into(),
+        )),
+        _ => Ok(()),
+    };
+    let out = run_answering(
+        FakeRuntime::new(),
+        FakeBlobs::default(),
+        plan(vec![
+            cmd("a", "first", &[]),
+            cmd("b", "second", &["a"]),
+            cmd("c", "third", &["b"]),
+        ]),
+        RunRequest::default(),
+        |_, _| {},
+        stale,
+    )
+    .await;
+    let (status, reason) = out.finished();
+    assert_eq!(status, RunStatus::Canceled);
+    assert!(reason.contains("agent-2"), "{reason}");
+    assert_eq!(out.starts("kiln-r1-a"), 1);
+    assert_eq!(out.starts("kiln-r1-b"), 0, "b started under a lost lease");
+    assert_eq!(out.starts("kiln-r1-c"), 0);
+    // b reported nothing after its refused Running; c ends as a cancel leaves it.
+    assert_eq!(out.step_status("b"), StepStatus::Running);
+    assert_eq!(out.step_status("c"), StepStatus::Canceled);
+    assert!(out.calls().contains(&Call::RemoveNetwork("kiln-r1".into())));
+    assert!(out.runtime.runtime.live_containers().is_empty());
+}
+
+#[tokio::test]
+async fn a_closed_session_starts_no_container() {
+    let out = run_answering(
+        FakeRuntime::new(),
+        FakeBlobs::default(),
+        plan(vec![cmd("a", "first", &[]), cmd("b", "second", &[])]),
+        RunRequest::default(),
+        |_, _| {},
+        |_| Err(crate::reports::ReportError::Closed),
+    )
+    .await;
+    assert_eq!(out.finished().0, RunStatus::Canceled);
+    assert!(!out.calls().iter().any(|c| matches!(c, Call::Start { .. })));
+    assert!(out.calls().contains(&Call::RemoveNetwork("kiln-r1".into())));
+}
+
+#[tokio::test]
+async fn a_refused_running_report_fails_the_step() {
+    let out = run_answering(
+        FakeRuntime::new(),
+        FakeBlobs::default(),
+        plan(vec![cmd("a", "first", &[]), cmd("b", "second", &["a"])]),
+        RunRequest::default(),
+        |_, _| {},
+        |_| Err(crate::reports::ReportError::Rejected("no such step".into())),
+    )
+    .await;
+    assert_eq!(out.finished().0, RunStatus::Failed);
+    assert_eq!(out.step_status("a"), StepStatus::Failed);
+    assert!(out.step("a").reason.contains("no such step"));
+    assert_eq!(out.step_status("b"), StepStatus::Skipped);
+    assert!(!out.calls().iter().any(|c| matches!(c, Call::Start { .. })));
+}
+
+#[tokio::test]
+async fn the_run_limits_reach_every_container_and_build() {
+    let build = Step {
+        id: "build".into(),
+        kind: StepKind::Build(BuildStep {
+            tags: vec!["reg/app:1".into()],
+            ..Default::default()
+        }),
+        timeout: 600,
+        ..Default::default()
+    };
+    let mut detached = cmd("server", "nginx", &[]);
+    detached.detach = true;
+    let request = RunRequest {
+        cpu_millis: 1500,
+        memory_bytes: 256 << 20,
+        ..Default::default()
+    };
+    let out = run_answering(
+        FakeRuntime::new(),
+        FakeBlobs::default(),
+        plan(vec![cmd("a", "img", &[]), detached, build]),
+        request,
+        |_, _| {},
+        |_| Ok(()),
+    )
+    .await;
+    assert_eq!(out.finished().0, RunStatus::Succeeded);
+    let mut containers = 0;
+    let mut builds = 0;
+    for call in out.calls() {
+        match call {
+            Call::Start { spec, .. } => {
+                containers += 1;
+                assert_eq!(spec.cpu_millis, Some(1500), "{}", spec.name);
+                assert_eq!(spec.memory_bytes, Some(256 << 20), "{}", spec.name);
+            }
+            Call::Build(spec) => {
+                builds += 1;
+                assert_eq!(spec.cpu_millis, Some(1500));
+                assert_eq!(spec.memory_bytes, Some(256 << 20));
+            }
+            _ => {}
+        }
+    }
+    assert_eq!((containers, builds), (2, 1));
+    // Without limits, none are set.
+    let out = run(FakeRuntime::new(), plan(vec![cmd("a", "img", &[])])).await;
+    let spec = start_spec(&out, "kiln-r1-a");
+    assert_eq!((spec.cpu_millis, spec.memory_bytes), (None, None));
+}
+
+#[tokio::test]
 async fn detached_containers_keep_running_until_the_end() {
     let mut server = cmd("server", "nginx", &[]);
     server.detach = true;
@@ -575,8 +736,17 @@ async fn log_upload_failures_do_not_lose_the_run() {
     assert_eq!(out.finished().0, RunStatus::Succeeded);
     let a = out.step("a");
     assert_eq!(a.status, StepStatus::Succeeded as i32);
-    assert!(a.reason.contains("log upload failed"), "{}", a.reason);
+    assert!(
+        a.reason.contains("the log could not be stored"),
+        "{}",
+        a.reason
+    );
+    assert!(a.reason.contains("registry unreachable"), "{}", a.reason);
     assert!(a.log_digest.is_empty());
+    assert!(!out
+        .reports
+        .iter()
+        .any(|r| matches!(r, Report::LogStored(_))));
 }
 
 #[tokio::test]
@@ -665,13 +835,25 @@ async fn rendered_task_files_run_with_run_variables() {
         }),
         ..Default::default()
     };
-    execute(Arc::clone(&env), assignment, CancellationToken::new()).await;
+    // Read concurrently: the runner waits for each step's `Running` to be committed.
+    let task = tokio::spawn(execute(
+        Arc::clone(&env),
+        assignment,
+        CancellationToken::new(),
+    ));
     let mut statuses = Vec::new();
-    while let Ok(report) = rx.try_recv() {
-        if let Report::Finished(f) = report {
-            statuses.push(f.status);
+    let collect = async {
+        while let Some(report) = rx.recv().await {
+            if let Report::Finished(f) = report {
+                statuses.push(f.status);
+                break;
+            }
         }
-    }
+    };
+    tokio::time::timeout(TEST_LIMIT, collect)
+        .await
+        .expect("run did not finish in time");
+    task.await.expect("run task");
     assert_eq!(statuses, vec![RunStatus::Succeeded as i32]);
     let spec = env
         .runtime

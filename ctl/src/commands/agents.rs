@@ -1,13 +1,52 @@
-//! `kiln agents`: the agents connected to the farm and the platforms they run.
+//! `kiln agents`: the agents the farm knows (ready, draining, lost), their platforms and runs;
+//! `kiln agents drain ID` / `undrain ID`.
 
 use std::process::ExitCode;
 
-use kiln_proto::v1::GetInfoRequest;
+use clap::Subcommand;
+use kiln_proto::v1::{DrainAgentRequest, GetInfoRequest};
 
 use crate::client::{self, status_error};
 use crate::output;
 
-pub async fn run(coordinator: &str) -> anyhow::Result<ExitCode> {
+#[derive(Subcommand, Debug)]
+pub enum AgentsCommand {
+    /// Lists the agents (the default).
+    List,
+    /// Stops handing new runs to an agent; its running runs go on. The agent shows as
+    /// `draining` until `kiln agents undrain ID`.
+    Drain {
+        /// The agent's id, as `kiln agents` lists it.
+        agent_id: String,
+    },
+    /// Lets a drained agent take runs again.
+    Undrain { agent_id: String },
+}
+
+pub async fn run(coordinator: &str, command: Option<AgentsCommand>) -> anyhow::Result<ExitCode> {
+    match command.unwrap_or(AgentsCommand::List) {
+        AgentsCommand::List => list(coordinator).await,
+        AgentsCommand::Drain { agent_id } => drain(coordinator, agent_id, true).await,
+        AgentsCommand::Undrain { agent_id } => drain(coordinator, agent_id, false).await,
+    }
+}
+
+async fn drain(coordinator: &str, agent_id: String, drain: bool) -> anyhow::Result<ExitCode> {
+    let mut client = client::connect(coordinator).await?;
+    let state = client
+        .drain_agent(DrainAgentRequest {
+            agent_id: agent_id.clone(),
+            drain,
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner()
+        .state;
+    println!("Agent {agent_id}: {state}");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn list(coordinator: &str) -> anyhow::Result<ExitCode> {
     let mut client = client::connect(coordinator).await?;
     let info = client
         .get_info(GetInfoRequest {})
@@ -21,8 +60,11 @@ pub async fn run(coordinator: &str) -> anyhow::Result<ExitCode> {
     }
     let mut rows = vec![[
         "AGENT".to_string(),
+        "STATE".to_string(),
+        "POOL".to_string(),
         "CAPACITY".to_string(),
         "RUNS".to_string(),
+        "LAST SEEN".to_string(),
         "PLATFORMS".to_string(),
     ]];
     for agent in &info.agents {
@@ -38,8 +80,15 @@ pub async fn run(coordinator: &str) -> anyhow::Result<ExitCode> {
                 }
             })
             .collect();
+        let pool = if agent.pool.is_empty() {
+            "-".to_string()
+        } else {
+            agent.pool.clone()
+        };
         rows.push([
             agent.agent_id.clone(),
+            agent.state.clone(),
+            pool,
             agent.capacity.to_string(),
             agent
                 .active_runs
@@ -47,6 +96,7 @@ pub async fn run(coordinator: &str) -> anyhow::Result<ExitCode> {
                 .chars()
                 .take(40)
                 .collect::<String>(),
+            format!("{:.1}s ago", agent.last_seen_ms_ago as f64 / 1000.0),
             platforms.join(", "),
         ]);
     }

@@ -19,6 +19,8 @@ const DEFAULT_TIMEOUT: u64 = 3600;
 /// Builds an image from a context directory on the farm, pushes it and streams the log.
 #[derive(Args, Debug)]
 pub struct BuildArgs {
+    #[command(flatten)]
+    dispatch: submit::DispatchArgs,
     /// Image to build and push, as NAME:TAG; repeat for more tags. Run variables such as
     /// {{.Run.ID}} work; a name without a registry host gets the registry prefixed.
     #[arg(
@@ -90,8 +92,11 @@ pub async fn run(coordinator: &str, args: BuildArgs) -> anyhow::Result<ExitCode>
     if args.images.is_empty() && !args.no_push {
         bail!("nothing to push: give at least one -t IMAGE:TAG, or --no-push");
     }
-    if args.timeout == 0 {
-        bail!("--timeout must be at least 1 second");
+    if args.timeout == 0 || args.timeout > kiln_state::machine::MAX_RUN_TIMEOUT_SECONDS {
+        bail!(
+            "--timeout must be between 1 and {} seconds (8 hours)",
+            kiln_state::machine::MAX_RUN_TIMEOUT_SECONDS
+        );
     }
     submit::parse_pairs("--build-arg", &args.build_args)?;
 
@@ -122,6 +127,8 @@ pub async fn run(coordinator: &str, args: BuildArgs) -> anyhow::Result<ExitCode>
         kind: "build".to_string(),
         ..RunRequest::default()
     };
+    let mut request = request;
+    args.dispatch.apply(&mut request)?;
     let follow = Follow {
         logs: !args.no_logs,
         wait: !args.no_wait,

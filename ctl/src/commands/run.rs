@@ -19,6 +19,8 @@ const DEFAULT_TIMEOUT: u64 = 3600;
 #[derive(Args, Debug)]
 #[command(group(clap::ArgGroup::new("what").required(true).args(["file", "cmd"])))]
 pub struct RunArgs {
+    #[command(flatten)]
+    dispatch: submit::DispatchArgs,
     /// The task file (ACR task YAML) to run.
     #[arg(short = 'f', long = "file", value_name = "TASK_FILE")]
     file: Option<PathBuf>,
@@ -53,8 +55,11 @@ pub struct RunArgs {
 pub async fn run(coordinator: &str, args: RunArgs) -> anyhow::Result<ExitCode> {
     let platform = PlatformSpec::parse(&args.platform).map_err(anyhow::Error::msg)?;
     let set = submit::parse_pairs("--set", &args.set)?;
-    if args.timeout == 0 {
-        bail!("--timeout must be at least 1 second");
+    if args.timeout == 0 || args.timeout > kiln_state::machine::MAX_RUN_TIMEOUT_SECONDS {
+        bail!(
+            "--timeout must be between 1 and {} seconds (8 hours)",
+            kiln_state::machine::MAX_RUN_TIMEOUT_SECONDS
+        );
     }
     let values_yaml = match &args.values {
         Some(path) => Some(
@@ -139,6 +144,8 @@ pub async fn run(coordinator: &str, args: RunArgs) -> anyhow::Result<ExitCode> {
         kind: "run".to_string(),
         ..RunRequest::default()
     };
+    let mut request = request;
+    args.dispatch.apply(&mut request)?;
     let follow = Follow {
         logs: !args.no_logs,
         wait: !args.no_wait,

@@ -19,6 +19,114 @@ use crate::output;
 /// How often the CLI asks for the status of a run it waits for without a log stream.
 const POLL_INTERVAL: Duration = Duration::from_millis(500);
 
+/// Where and how a run is dispatched: shared by `kiln build` and `kiln run`.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct DispatchArgs {
+    /// Run only on agents of this agent pool (agents started with `--pool NAME`); without it,
+    /// only agents of no pool take the run.
+    #[arg(long, value_name = "NAME")]
+    pub agent_pool: Option<String>,
+    /// Run only on an agent with this label (started with `--label KEY=VALUE`); repeatable.
+    #[arg(long = "agent-label", value_name = "KEY=VALUE")]
+    pub agent_labels: Vec<String>,
+    /// CPU limit for every container of the run, in cores (e.g. 2 or 0.5), like ACR's --cpu.
+    #[arg(long, value_name = "CORES")]
+    pub cpu: Option<f64>,
+    /// Memory limit for every container of the run, e.g. 512m or 4g.
+    #[arg(long, value_name = "SIZE")]
+    pub memory: Option<String>,
+    /// What happens when the run's agent is lost after a step started: `error` ends the run
+    /// (the default), `requeue` starts it again from the beginning on another agent.
+    #[arg(long, value_name = "POLICY", value_parser = ["error", "requeue"], default_value = "error")]
+    pub on_agent_lost: String,
+    /// With `--on-agent-lost requeue`: attempts in all (default 3, at most 10).
+    #[arg(long, value_name = "N")]
+    pub max_attempts: Option<u32>,
+    /// Who submits the run: the scheduler shares the farm fairly between submitters (default:
+    /// $KILN_SUBMITTER, else $USER).
+    #[arg(long, env = "KILN_SUBMITTER", value_name = "NAME")]
+    pub submitter: Option<String>,
+}
+
+impl DispatchArgs {
+    /// Fills the request's dispatch fields, or says what is wrong with a flag.
+    pub fn apply(&self, request: &mut RunRequest) -> anyhow::Result<()> {
+        if let Some(pool) = &self.agent_pool {
+            if pool.trim().is_empty() {
+                anyhow::bail!("--agent-pool needs a pool name");
+            }
+            request.agent_pool = pool.clone();
+        }
+        for label in &self.agent_labels {
+            let Some((key, value)) = label.split_once('=').filter(|(k, _)| !k.is_empty()) else {
+                anyhow::bail!("--agent-label '{label}' is not KEY=VALUE");
+            };
+            request.agent_labels.push(kiln_state::pb::KeyValue {
+                key: key.to_string(),
+                value: value.to_string(),
+            });
+        }
+        if let Some(cpu) = self.cpu {
+            if !(cpu > 0.0 && cpu <= 1024.0) {
+                anyhow::bail!(
+                    "--cpu {cpu} must be a number of cores between 0 and 1024, e.g. 2 or 0.5"
+                );
+            }
+            request.cpu_millis = (cpu * 1000.0).round() as u32;
+        }
+        if let Some(memory) = &self.memory {
+            request.memory_bytes = parse_size(memory).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "--memory '{memory}' is not a size such as 512m or 4g (at least 6m)"
+                )
+            })?;
+        }
+        request.on_agent_lost = match self.on_agent_lost.as_str() {
+            "requeue" => kiln_state::pb::LostAgentPolicy::Requeue,
+            _ => kiln_state::pb::LostAgentPolicy::Error,
+        } as i32;
+        if let Some(attempts) = self.max_attempts {
+            if attempts == 0 || attempts > kiln_state::machine::MAX_ATTEMPTS {
+                anyhow::bail!(
+                    "--max-attempts must be between 1 and {}",
+                    kiln_state::machine::MAX_ATTEMPTS
+                );
+            }
+            if request.on_agent_lost != kiln_state::pb::LostAgentPolicy::Requeue as i32 {
+                anyhow::bail!("--max-attempts goes with --on-agent-lost requeue");
+            }
+            request.max_attempts = attempts;
+        }
+        request.submitter = self
+            .submitter
+            .clone()
+            .or_else(|| std::env::var("USER").ok())
+            .unwrap_or_default();
+        Ok(())
+    }
+}
+
+/// Parses a size like `512m`, `4g`, `1048576` (bytes) or `64k`; the engine needs 6 MiB at least.
+fn parse_size(text: &str) -> Option<u64> {
+    let text = text.trim().to_ascii_lowercase();
+    let text = text.strip_suffix('b').unwrap_or(&text);
+    let (digits, unit) = match text.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((at, _)) => text.split_at(at),
+        None => (text, ""),
+    };
+    let number: u64 = digits.parse().ok()?;
+    let multiplier: u64 = match unit {
+        "" => 1,
+        "k" => 1 << 10,
+        "m" => 1 << 20,
+        "g" => 1 << 30,
+        "t" => 1 << 40,
+        _ => return None,
+    };
+    let bytes = number.checked_mul(multiplier)?;
+    (bytes >= 6 << 20).then_some(bytes)
+}
+
 /// How to wait for a submitted run.
 pub struct Follow {
     pub logs: bool,
@@ -196,5 +304,70 @@ fn human_bytes(bytes: u64) -> String {
         format!("{bytes} B")
     } else {
         format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_like_the_docker_cli() {
+        assert_eq!(parse_size("512m"), Some(512 << 20));
+        assert_eq!(parse_size("4G"), Some(4 << 30));
+        assert_eq!(parse_size("8mb"), Some(8 << 20));
+        assert_eq!(parse_size("1m"), None, "below the engine's minimum");
+        assert_eq!(parse_size("lots"), None);
+        assert_eq!(parse_size("12x"), None);
+    }
+
+    #[test]
+    fn dispatch_flags_fill_the_request_or_say_what_is_wrong() {
+        let args = DispatchArgs {
+            agent_pool: Some("gpu".into()),
+            agent_labels: vec!["disk=ssd".into()],
+            cpu: Some(1.5),
+            memory: Some("1g".into()),
+            on_agent_lost: "requeue".into(),
+            max_attempts: Some(2),
+            submitter: Some("ana".into()),
+        };
+        let mut request = RunRequest::default();
+        args.apply(&mut request).unwrap();
+        assert_eq!(request.agent_pool, "gpu");
+        assert_eq!(request.agent_labels[0].value, "ssd");
+        assert_eq!((request.cpu_millis, request.memory_bytes), (1500, 1 << 30));
+        assert_eq!(request.max_attempts, 2);
+        assert_eq!(request.submitter, "ana");
+        for (bad, expected) in [
+            (
+                DispatchArgs {
+                    agent_labels: vec!["nolabel".into()],
+                    ..DispatchArgs::default()
+                },
+                "KEY=VALUE",
+            ),
+            (
+                DispatchArgs {
+                    cpu: Some(-1.0),
+                    ..DispatchArgs::default()
+                },
+                "--cpu",
+            ),
+            (
+                DispatchArgs {
+                    max_attempts: Some(3),
+                    on_agent_lost: "error".into(),
+                    ..DispatchArgs::default()
+                },
+                "goes with",
+            ),
+        ] {
+            let error = bad
+                .apply(&mut RunRequest::default())
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(expected), "{error}");
+        }
     }
 }
