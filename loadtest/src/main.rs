@@ -2,13 +2,19 @@
 //! kiln farm (coordinator and agents) by submitting runs at a fixed rate and following each one
 //! to its end.
 //!
+//! With `--sim-agents N` it also runs simulated agents (gRPC clients of the agent protocol,
+//! without Docker); `sim-agents` runs only those, and `dispatch` and `fairness` benchmark the
+//! coordinator's dispatch rate and fair queueing with them.
+//!
 //! Exit codes: 0 when every requested run succeeded, 1 on an error (bad arguments, coordinator
 //! unreachable, no run could be submitted), 3 when the test ran but some runs failed, did not
-//! finish or were not sent, 130 when interrupted twice.
+//! finish or were not sent (or a benchmark missed its goal), 130 when interrupted twice.
 
+mod bench;
 mod driver;
 mod outcome;
 mod report;
+mod sim;
 mod stats;
 mod target;
 mod workload;
@@ -23,9 +29,11 @@ use tokio_util::sync::CancellationToken;
 
 use kiln_state::PlatformSpec;
 
-use crate::driver::LoadPlan;
+use crate::bench::{DispatchPlan, FairnessPlan};
+use crate::driver::{Client, LoadPlan};
 use crate::outcome::Outcome;
 use crate::report::{Report, Settings};
+use crate::sim::{SimConfig, SimFarm};
 use crate::workload::Workload;
 
 /// The most runs one test may submit: the test keeps a record (and a task) per run.
@@ -42,6 +50,8 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 const EXIT_RUNS_NOT_ALL_SUCCEEDED: u8 = 3;
 /// The exit code after a second interruption.
 const EXIT_INTERRUPTED: u8 = 130;
+/// How long simulated agents may take to connect.
+const SIM_CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Measures a kiln farm: submits runs at a fixed rate (open loop), follows each to its end and
 /// reports throughput and submit, queue, run and end-to-end latency percentiles.
@@ -50,7 +60,10 @@ const EXIT_INTERRUPTED: u8 = 130;
 #[derive(Parser, Debug)]
 #[command(name = "kiln-loadtest", version)]
 #[command(group(clap::ArgGroup::new("what").args(["cmd", "task"])))]
+#[command(args_conflicts_with_subcommands = true)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// The coordinator's gRPC address.
     #[arg(
         long,
@@ -92,6 +105,102 @@ struct Args {
     /// Print the report as one JSON object instead of a table.
     #[arg(long)]
     json: bool,
+    /// The runs' submitter (the scheduler's fairness key); empty sends none.
+    #[arg(long, default_value = "")]
+    submitter: String,
+    #[command(flatten)]
+    sim: SimArgs,
+}
+
+/// Simulated agents: gRPC clients of the agent protocol that complete every run's single step
+/// after --sim-step-ms, without Docker.
+#[derive(clap::Args, Debug, Clone)]
+struct SimArgs {
+    /// How many simulated agents to run alongside (0: none).
+    #[arg(long, default_value_t = 0)]
+    sim_agents: u32,
+    /// How many runs each simulated agent takes at once.
+    #[arg(long, default_value_t = 4)]
+    sim_capacity: u32,
+    /// How long each simulated run's step takes, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    sim_step_ms: u64,
+    /// The agent pool the simulated agents serve (empty: the default pool).
+    #[arg(long, default_value = "")]
+    sim_pool: String,
+}
+
+/// Where the coordinator is.
+#[derive(clap::Args, Debug, Clone)]
+struct Conn {
+    /// The coordinator's gRPC address.
+    #[arg(
+        long,
+        env = "KILN_COORDINATOR",
+        default_value = "http://127.0.0.1:7878"
+    )]
+    coordinator: String,
+    /// Allow a coordinator that is not on a loopback address.
+    #[arg(long)]
+    allow_remote: bool,
+    /// The platform the runs ask for and the simulated agents run: os/arch[/variant].
+    #[arg(long, default_value = "linux/amd64")]
+    platform: String,
+    /// The whole command's limit, in seconds.
+    #[arg(long, default_value_t = 600)]
+    max_seconds: u64,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Runs only simulated agents, until Ctrl-C or --max-seconds, for another load to use.
+    SimAgents {
+        #[command(flatten)]
+        conn: Conn,
+        #[command(flatten)]
+        sim: SimArgs,
+    },
+    /// Dispatch throughput: submits --runs runs as fast as --concurrency-limit lets and counts
+    /// them through simulated agents (no status polling): runs/s to the last committed finish.
+    Dispatch {
+        #[command(flatten)]
+        conn: Conn,
+        #[command(flatten)]
+        sim: SimArgs,
+        /// How many runs to submit.
+        #[arg(long, default_value_t = 1000)]
+        runs: u32,
+        /// The most submissions in flight at once.
+        #[arg(long, default_value_t = 200)]
+        concurrency_limit: usize,
+        /// Print the report as one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Fair queueing: queues --queued runs from submitter 'flood', then submits --lone runs from
+    /// 'lone', one every --lone-every-ms, and measures how long each waits in the queue.
+    Fairness {
+        #[command(flatten)]
+        conn: Conn,
+        /// Simulated agents to run the flood (with none, the farm's own agents do).
+        #[command(flatten)]
+        sim: SimArgs,
+        /// How many flood runs to queue first.
+        #[arg(long, default_value_t = 10_000)]
+        queued: u32,
+        /// How many lone runs to measure.
+        #[arg(long, default_value_t = 20)]
+        lone: u32,
+        /// The time between two lone runs, in milliseconds.
+        #[arg(long, default_value_t = 1000)]
+        lone_every_ms: u64,
+        /// The most submissions in flight at once.
+        #[arg(long, default_value_t = 200)]
+        concurrency_limit: usize,
+        /// Print the report as one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -116,13 +225,252 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(args: Args) -> anyhow::Result<ExitCode> {
+async fn run(mut args: Args) -> anyhow::Result<ExitCode> {
+    match args.command.take() {
+        None => run_load(args).await,
+        Some(Command::SimAgents { conn, sim }) => run_sim_agents(&conn, &sim).await,
+        Some(Command::Dispatch {
+            conn,
+            sim,
+            runs,
+            concurrency_limit,
+            json,
+        }) => {
+            let plan = dispatch_plan(&conn, &sim, runs, concurrency_limit)?;
+            run_dispatch(&conn, &sim, &plan, json).await
+        }
+        Some(Command::Fairness {
+            conn,
+            sim,
+            queued,
+            lone,
+            lone_every_ms,
+            concurrency_limit,
+            json,
+        }) => {
+            let plan = fairness_plan(&conn, &sim, queued, lone, lone_every_ms, concurrency_limit)?;
+            run_fairness(&conn, &sim, &plan, json).await
+        }
+    }
+}
+
+/// The interrupt token, cancelled on the first Ctrl-C; a second one exits at once.
+fn on_interrupt() -> CancellationToken {
+    let interrupt = CancellationToken::new();
+    let token = interrupt.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_err() {
+            return;
+        }
+        eprintln!("kiln-loadtest: interrupted: stopping (interrupt again to quit at once)");
+        token.cancel();
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("kiln-loadtest: interrupted twice: quitting");
+            std::process::exit(i32::from(EXIT_INTERRUPTED));
+        }
+    });
+    interrupt
+}
+
+/// Checks the connection arguments shared by the subcommands.
+fn check_conn(conn: &Conn) -> anyhow::Result<PlatformSpec> {
+    if conn.max_seconds == 0 || conn.max_seconds > MAX_SECONDS {
+        bail!("--max-seconds must be between 1 and {MAX_SECONDS}");
+    }
+    target::check(&conn.coordinator, conn.allow_remote)?;
+    PlatformSpec::parse(&conn.platform).map_err(anyhow::Error::msg)
+}
+
+fn check_concurrency(limit: usize) -> anyhow::Result<()> {
+    if limit == 0 || limit > MAX_CONCURRENCY {
+        bail!("--concurrency-limit must be between 1 and {MAX_CONCURRENCY}");
+    }
+    Ok(())
+}
+
+/// The simulated agents `sim` asks for, or `None` for none (`required`: at least one).
+fn sim_config(
+    sim: &SimArgs,
+    coordinator: &str,
+    platform: &PlatformSpec,
+    required: bool,
+) -> anyhow::Result<Option<SimConfig>> {
+    if sim.sim_agents == 0 && !required {
+        return Ok(None);
+    }
+    sim::validate(sim.sim_agents, sim.sim_capacity, sim.sim_step_ms)?;
+    Ok(Some(SimConfig {
+        coordinator: coordinator.to_string(),
+        agents: sim.sim_agents,
+        capacity: sim.sim_capacity,
+        step: Duration::from_millis(sim.sim_step_ms),
+        pool: sim.sim_pool.clone(),
+        platform: platform.clone(),
+        id_prefix: format!("sim-{}", std::process::id()),
+    }))
+}
+
+/// Starts simulated agents and waits until every one is connected.
+async fn start_sim(config: SimConfig) -> anyhow::Result<SimFarm> {
+    let farm = SimFarm::start(config);
+    if let Err(error) = farm.wait_connected(SIM_CONNECT_TIMEOUT).await {
+        farm.stop().await;
+        return Err(error);
+    }
+    Ok(farm)
+}
+
+/// The request every benchmark run submits: one busybox container (never started by the
+/// simulated agents).
+async fn bench_request(
+    conn: &Conn,
+    platform: &PlatformSpec,
+) -> anyhow::Result<(Client, kiln_state::pb::RunRequest)> {
+    let (client, info) = driver::connect(&conn.coordinator).await?;
+    let workload = Workload::cmd(&format!("{}/base/busybox:latest true", info.registry))?;
+    let request = workload.run_request(&info.registry, platform, 600)?;
+    Ok((client, request))
+}
+
+async fn run_sim_agents(conn: &Conn, sim: &SimArgs) -> anyhow::Result<ExitCode> {
+    let platform = check_conn(conn)?;
+    let config = sim_config(sim, &conn.coordinator, &platform, true)?
+        .expect("required simulated agents are configured");
+    let interrupt = on_interrupt();
+    let summary = sim::run_until(
+        config,
+        interrupt,
+        Duration::from_secs(conn.max_seconds),
+        PROGRESS_EVERY,
+    )
+    .await?;
+    print!("{}", summary.to_table());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn dispatch_plan(
+    conn: &Conn,
+    sim: &SimArgs,
+    runs: u32,
+    concurrency_limit: usize,
+) -> anyhow::Result<DispatchPlan> {
+    check_conn(conn)?;
+    if runs == 0 || runs > MAX_RUNS {
+        bail!("--runs must be between 1 and {MAX_RUNS}");
+    }
+    check_concurrency(concurrency_limit)?;
+    if sim.sim_agents == 0 {
+        bail!("dispatch counts runs through simulated agents: pass --sim-agents N");
+    }
+    sim::validate(sim.sim_agents, sim.sim_capacity, sim.sim_step_ms)?;
+    Ok(DispatchPlan {
+        runs,
+        concurrency: concurrency_limit,
+        max_duration: Duration::from_secs(conn.max_seconds),
+    })
+}
+
+async fn run_dispatch(
+    conn: &Conn,
+    sim: &SimArgs,
+    plan: &DispatchPlan,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let platform = check_conn(conn)?;
+    let (client, request) = bench_request(conn, &platform).await?;
+    let config = sim_config(sim, &conn.coordinator, &platform, true)?
+        .expect("required simulated agents are configured");
+    let farm = start_sim(config).await?;
+    let interrupt = on_interrupt();
+    eprintln!(
+        "kiln-loadtest: dispatching {} runs to {} simulated agents x {}",
+        plan.runs, sim.sim_agents, sim.sim_capacity
+    );
+    let report = bench::dispatch(&client, farm, request, plan, &interrupt).await;
+    if report.submitted == 0 {
+        if let Some(error) = &report.first_submit_error {
+            bail!("no run could be submitted: {error}");
+        }
+    }
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print!("{}", report.to_table());
+    }
+    Ok(if report.succeeded() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_RUNS_NOT_ALL_SUCCEEDED)
+    })
+}
+
+fn fairness_plan(
+    conn: &Conn,
+    sim: &SimArgs,
+    queued: u32,
+    lone: u32,
+    lone_every_ms: u64,
+    concurrency_limit: usize,
+) -> anyhow::Result<FairnessPlan> {
+    check_conn(conn)?;
+    bench::validate_fairness(queued, lone, lone_every_ms)?;
+    check_concurrency(concurrency_limit)?;
+    if sim.sim_agents > 0 {
+        sim::validate(sim.sim_agents, sim.sim_capacity, sim.sim_step_ms)?;
+    }
+    Ok(FairnessPlan {
+        queued,
+        lone,
+        lone_every: Duration::from_millis(lone_every_ms),
+        concurrency: concurrency_limit,
+        max_duration: Duration::from_secs(conn.max_seconds),
+    })
+}
+
+async fn run_fairness(
+    conn: &Conn,
+    sim: &SimArgs,
+    plan: &FairnessPlan,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let platform = check_conn(conn)?;
+    let (client, request) = bench_request(conn, &platform).await?;
+    let farm = match sim_config(sim, &conn.coordinator, &platform, false)? {
+        Some(config) => Some(start_sim(config).await?),
+        None => None,
+    };
+    let interrupt = on_interrupt();
+    eprintln!(
+        "kiln-loadtest: queueing {} runs from '{}'",
+        plan.queued,
+        bench::FLOOD_SUBMITTER
+    );
+    let report = bench::fairness(&client, farm, request, plan, &interrupt).await;
+    if report.flood_submitted == 0 {
+        if let Some(error) = &report.first_submit_error {
+            bail!("no run could be submitted: {error}");
+        }
+    }
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print!("{}", report.to_table());
+    }
+    Ok(if report.goal_met {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_RUNS_NOT_ALL_SUCCEEDED)
+    })
+}
+
+async fn run_load(args: Args) -> anyhow::Result<ExitCode> {
     let plan = plan_from(&args)?;
     target::check(&args.coordinator, args.allow_remote)?;
     let platform = PlatformSpec::parse(&args.platform).map_err(anyhow::Error::msg)?;
     if args.timeout_seconds == 0 {
         bail!("--timeout-seconds must be at least 1");
     }
+    let sim = sim_config(&args.sim, &args.coordinator, &platform, false)?;
     let task_workload = match &args.task {
         Some(path) => Some(Workload::task_file(path)?),
         None => None,
@@ -134,8 +482,15 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         (None, Some(cmd)) => Workload::cmd(cmd)?,
         (None, None) => Workload::cmd(&format!("{}/base/busybox:latest true", info.registry))?,
     };
-    let request = workload.run_request(&info.registry, &platform, args.timeout_seconds)?;
-    warn_if_no_agent_runs(&info, &platform);
+    let mut request = workload.run_request(&info.registry, &platform, args.timeout_seconds)?;
+    request.submitter.clone_from(&args.submitter);
+    let farm = match sim {
+        Some(config) => Some(start_sim(config).await?),
+        None => {
+            warn_if_no_agent_runs(&info, &platform);
+            None
+        }
+    };
 
     let interrupt = CancellationToken::new();
     let on_interrupt = async {
@@ -169,12 +524,23 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             bail!("no run could be submitted: {error}");
         }
     }
+    let sim_summary = match farm {
+        Some(farm) => Some(farm.stop().await),
+        None => None,
+    };
     let settings = Settings::new(&args.coordinator, &workload.label, &args.platform, &plan);
     let report = Report::new(settings, &result);
     if args.json {
-        println!("{}", report.to_json());
+        let mut json: serde_json::Value = serde_json::from_str(&report.to_json())?;
+        if let (Some(object), Some(summary)) = (json.as_object_mut(), &sim_summary) {
+            object.insert("sim".to_string(), serde_json::to_value(summary)?);
+        }
+        println!("{json}");
     } else {
         print!("{}", report.to_table());
+        if let Some(summary) = &sim_summary {
+            print!("{}", summary.to_table());
+        }
     }
     Ok(if report.all_succeeded() {
         ExitCode::SUCCESS

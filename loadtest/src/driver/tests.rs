@@ -9,9 +9,9 @@ use tonic::{Request, Response, Status};
 
 use kiln_proto::v1::control_server::{Control, ControlServer};
 use kiln_proto::v1::{
-    CancelRunRequest, CancelRunResponse, GetInfoRequest, GetInfoResponse, GetRunRequest,
-    GetRunResponse, ListRunsRequest, ListRunsResponse, LogChunk, StreamLogsRequest,
-    SubmitRunRequest, SubmitRunResponse,
+    CancelRunRequest, CancelRunResponse, DrainAgentRequest, DrainAgentResponse, GetInfoRequest,
+    GetInfoResponse, GetRunRequest, GetRunResponse, ListRunsRequest, ListRunsResponse, LogChunk,
+    StreamLogsRequest, SubmitRunRequest, SubmitRunResponse,
 };
 use kiln_state::pb::{Run, RunRequest, RunStatus};
 
@@ -162,6 +162,13 @@ impl Control for FakeFarm {
         Ok(Response::new(CancelRunResponse {
             status: RunStatus::Canceled.into(),
         }))
+    }
+
+    async fn drain_agent(
+        &self,
+        _: Request<DrainAgentRequest>,
+    ) -> Result<Response<DrainAgentResponse>, Status> {
+        Err(Status::unimplemented("the load test drains no agent"))
     }
 
     type StreamLogsStream = tokio_stream::Empty<Result<LogChunk, Status>>;
