@@ -7,6 +7,7 @@ use kiln_proto::pb::KeyValue;
 use tokio_util::sync::CancellationToken;
 
 use crate::platforms::BINFMT_MISC_DIR;
+use crate::prune::PrunePolicy;
 
 /// How long a shutting-down agent lets its runs finish before it cancels them, by default.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(600);
@@ -40,6 +41,9 @@ pub struct AgentConfig {
     pub drain_timeout: Duration,
     /// Cancelled to cancel every run at once (a second signal during a drain).
     pub stop_now: CancellationToken,
+    /// What the agent removes from its disk and engine, and how often (defaults in
+    /// `prune.rs`).
+    pub prune: PrunePolicy,
 }
 
 impl AgentConfig {
@@ -64,6 +68,7 @@ impl AgentConfig {
             labels: Vec::new(),
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             stop_now: CancellationToken::new(),
+            prune: PrunePolicy::default(),
         }
     }
 

@@ -17,6 +17,7 @@ pub mod logs;
 pub mod mask;
 pub mod platform_gate;
 pub mod platforms;
+pub mod prune;
 pub mod reports;
 pub mod runner;
 pub mod secrets;
@@ -85,7 +86,21 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         platforms = ?platforms.iter().filter_map(|p| p.platform.as_ref().map(platforms::platform_string)).collect::<Vec<_>>(),
         "agent starting"
     );
-    run_with(config, runtime, RegistryBlobStore, platforms, shutdown).await
+    // Run directories exist only while their run executes (the runner removes them, a restart
+    // clears them); leftovers are recognised by age (`prune::LONGEST_RUN`), so no active set
+    // is passed.
+    let prune_stop = shutdown.child_token();
+    let pruner = tokio::spawn(prune::prune_loop(
+        Arc::new(runtime.clone()),
+        config.work_dir.clone(),
+        config.prune.clone(),
+        Vec::new,
+        prune_stop.clone(),
+    ));
+    let result = run_with(config, runtime, RegistryBlobStore, platforms, shutdown).await;
+    prune_stop.cancel();
+    let _ = pruner.await;
+    result
 }
 
 /// Runs an agent on any runtime and blob store (used by tests with the fake runtime).

@@ -1,10 +1,11 @@
 //! The `kiln-agent` binary: parses flags, sets up logging and signals, runs the agent.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use kiln_agent::AgentConfig;
+use kiln_agent::{prune, AgentConfig};
 use tokio_util::sync::CancellationToken;
 
 /// kiln build agent: runs task-file steps on a Docker Engine for a kiln coordinator.
@@ -63,6 +64,34 @@ struct Args {
     /// (no new runs are taken meanwhile). A second SIGTERM or Ctrl-C cancels them at once.
     #[arg(long, env = "KILN_AGENT_DRAIN_TIMEOUT", default_value_t = kiln_agent::config::DEFAULT_DRAIN_TIMEOUT.as_secs())]
     drain_timeout_seconds: u64,
+
+    /// Seconds between disk clean-ups (old dangling images, build cache, scratch files and
+    /// directories of finished runs); the first runs at start. 0 disables them.
+    #[arg(long, env = "KILN_AGENT_PRUNE_INTERVAL", default_value_t = prune::DEFAULT_INTERVAL.as_secs())]
+    prune_interval_seconds: u64,
+
+    /// Dangling (untagged) images no container uses are removed once created this many hours
+    /// ago. Tagged images are never removed.
+    #[arg(long, env = "KILN_AGENT_PRUNE_IMAGE_AGE", default_value_t = hours(prune::DEFAULT_IMAGE_MAX_AGE))]
+    prune_image_age_hours: u64,
+
+    /// Build cache unused for this many hours is removed.
+    #[arg(long, env = "KILN_AGENT_PRUNE_BUILD_CACHE_AGE", default_value_t = hours(prune::DEFAULT_BUILD_CACHE_MAX_AGE))]
+    prune_build_cache_age_hours: u64,
+
+    /// Files in the work directory's scratch/ unmodified for this many hours are removed, and
+    /// so are directories of runs the agent no longer runs (those never before 8.5 hours, the
+    /// longest a run can last).
+    #[arg(long, env = "KILN_AGENT_PRUNE_SCRATCH_AGE", default_value_t = hours(prune::DEFAULT_SCRATCH_MAX_AGE))]
+    prune_scratch_age_hours: u64,
+}
+
+fn hours(duration: Duration) -> u64 {
+    duration.as_secs() / 3600
+}
+
+fn from_hours(hours: u64) -> Duration {
+    Duration::from_secs(hours.saturating_mul(3600))
 }
 
 fn parse_label(text: &str) -> Result<(String, String), String> {
@@ -98,7 +127,14 @@ async fn main() -> anyhow::Result<()> {
         .into_iter()
         .map(|(key, value)| kiln_proto::pb::KeyValue { key, value })
         .collect();
-    config.drain_timeout = std::time::Duration::from_secs(args.drain_timeout_seconds);
+    config.drain_timeout = Duration::from_secs(args.drain_timeout_seconds);
+    config.prune = prune::PrunePolicy {
+        interval: Duration::from_secs(args.prune_interval_seconds),
+        image_max_age: from_hours(args.prune_image_age_hours),
+        build_cache_max_age: from_hours(args.prune_build_cache_age_hours),
+        scratch_max_age: from_hours(args.prune_scratch_age_hours),
+        ..config.prune
+    };
 
     let shutdown = CancellationToken::new();
     let signal_token = shutdown.clone();

@@ -377,3 +377,123 @@ async fn run_limits_reach_the_engine() {
     assert_eq!(host_config.nano_cpus, Some(500_000_000));
     assert_eq!(host_config.memory, Some(64 << 20));
 }
+
+/// A tar archive of `files`.
+fn tar_of(files: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(Vec::new());
+    for (name, content) in files {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(content.len() as u64);
+        header.set_mode(0o644);
+        header.set_mtime(946_684_800);
+        header.set_cksum();
+        builder
+            .append_data(&mut header, name, *content)
+            .expect("tar entry");
+    }
+    builder.into_inner().expect("tar")
+}
+
+/// Loads a one-layer image created on 2000-01-01 (so any age filter passes) as `tag`, with
+/// `label` (`key=value`) and a layer holding `content`; returns its id.
+async fn load_old_image(docker: &bollard::Docker, tag: &str, label: &str, content: &str) -> String {
+    use futures::StreamExt;
+    use sha2::Digest;
+    let layer = tar_of(&[("round", content.as_bytes())]);
+    let diff_id = hex::encode(sha2::Sha256::digest(&layer));
+    let (key, value) = label.split_once('=').expect("key=value");
+    let created = "2000-01-01T00:00:00Z";
+    let config = format!(
+        r#"{{"architecture":"amd64","os":"linux","created":"{created}","config":{{"Labels":{{"{key}":"{value}"}}}},"rootfs":{{"type":"layers","diff_ids":["sha256:{diff_id}"]}},"history":[{{"created":"{created}"}}]}}"#
+    );
+    let manifest =
+        format!(r#"[{{"Config":"config.json","RepoTags":["{tag}"],"Layers":["layer.tar"]}}]"#);
+    let archive = tar_of(&[
+        ("config.json", config.as_bytes()),
+        ("layer.tar", &layer),
+        ("manifest.json", manifest.as_bytes()),
+    ]);
+    let options = bollard::query_parameters::ImportImageOptionsBuilder::default().build();
+    let mut stream = docker.import_image(
+        options,
+        bollard::body_full(bytes::Bytes::from(archive)),
+        None,
+    );
+    while let Some(item) = stream.next().await {
+        item.expect("image load");
+    }
+    docker
+        .inspect_image(tag)
+        .await
+        .expect("loaded image")
+        .id
+        .expect("image id")
+}
+
+/// Removes every image carrying `label` (this test's own), tagged or not.
+async fn remove_labelled_images(docker: &bollard::Docker, label: &str) {
+    let filters = std::collections::HashMap::from([("label", vec![label.to_string()])]);
+    let options = bollard::query_parameters::ListImagesOptionsBuilder::default()
+        .all(true)
+        .filters(&filters)
+        .build();
+    let images = docker.list_images(Some(options)).await.unwrap_or_default();
+    // Children first: newer images are listed first.
+    for image in images {
+        let options = bollard::query_parameters::RemoveImageOptionsBuilder::default()
+            .force(true)
+            .build();
+        let _ = docker.remove_image(&image.id, Some(options), None).await;
+    }
+}
+
+#[tokio::test]
+async fn image_prune_removes_dangling_images_and_keeps_tagged_ones() {
+    use kiln_agent::executor::{ContainerRuntime, ImagePrune};
+
+    let _turn = ENGINE.lock().await;
+    let docker = bollard::Docker::connect_with_defaults().expect("docker client");
+    let base = format!("{}/base/busybox:latest", registry());
+    docker
+        .inspect_image(&base)
+        .await
+        .expect("the base image is present");
+    // Giving a tag to a second image leaves the first one dangling. Only images carrying this
+    // test's own label are pruned: the engine is shared with other tests.
+    let marker = unique_run_id("prune");
+    let label = format!("kiln.test.prune={marker}");
+    let tag = format!("kiln-agent-it/prune:{marker}");
+    let first = load_old_image(&docker, &tag, &label, "first").await;
+    let second = load_old_image(&docker, &tag, &label, "second").await;
+    assert_ne!(first, second);
+
+    let work_dir = tempfile::tempdir().expect("tempdir");
+    let runtime = DockerRuntime::connect(&docker_host(), &work_dir.path().join("scratch"))
+        .await
+        .expect("connect to the Docker Engine");
+    // The default policy's prune, narrowed to this test's images.
+    let prune = ImagePrune {
+        labels: vec![label.clone()],
+        ..kiln_agent::prune::PrunePolicy::default().image_prune()
+    };
+    let report = runtime.prune_images(&prune).await;
+    // The build cache call works on this engine (nothing is ten years unused).
+    let cache = runtime
+        .prune_build_cache(std::time::Duration::from_secs(10 * 365 * 24 * 3600), None)
+        .await;
+    let first_left = docker.inspect_image(&first).await.is_ok();
+    let second_left = docker.inspect_image(&second).await.is_ok();
+    remove_labelled_images(&docker, &label).await;
+
+    let report = report.expect("image prune");
+    assert!(report.removed.contains(&first), "{report:?} lacks {first}");
+    assert!(report.reclaimed_bytes > 0, "{report:?}");
+    assert!(!first_left, "the dangling image is still there");
+    assert!(second_left, "the tagged image was removed");
+    assert!(!report.removed.contains(&second), "{report:?}");
+    assert!(cache.is_ok(), "{cache:?}");
+    docker
+        .inspect_image(&base)
+        .await
+        .expect("the base image is still present");
+}

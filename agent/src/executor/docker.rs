@@ -16,14 +16,16 @@ use bollard::models::{
 use bollard::query_parameters::{
     BuildImageOptionsBuilder, CreateContainerOptionsBuilder, CreateImageOptionsBuilder,
     ListContainersOptionsBuilder, ListNetworksOptionsBuilder, LogsOptionsBuilder,
-    PushImageOptionsBuilder, RemoveContainerOptionsBuilder, TagImageOptionsBuilder,
+    PruneBuildOptionsBuilder, PruneImagesOptionsBuilder, PushImageOptionsBuilder,
+    RemoveContainerOptionsBuilder, TagImageOptionsBuilder,
 };
 use bollard::Docker;
 use futures::StreamExt;
 use tokio_util::io::ReaderStream;
 
 use super::{
-    split_image_reference, BuildSpec, ContainerRuntime, ContainerSpec, EnginePlatform, RuntimeError,
+    engine_duration, split_image_reference, BuildSpec, ContainerRuntime, ContainerSpec,
+    EnginePlatform, ImagePrune, PruneReport, RuntimeError,
 };
 use crate::logs::StepLog;
 
@@ -414,6 +416,61 @@ impl ContainerRuntime for DockerRuntime {
             None => self.repo_digest(image, &repo).await,
         }
     }
+
+    async fn prune_images(&self, prune: &ImagePrune) -> Result<PruneReport, RuntimeError> {
+        let mut filters: HashMap<&str, Vec<String>> = HashMap::from([
+            ("dangling", vec![prune.dangling_only.to_string()]),
+            ("until", vec![engine_duration(prune.older_than)]),
+        ]);
+        if !prune.labels.is_empty() {
+            filters.insert("label", prune.labels.clone());
+        }
+        let options = PruneImagesOptionsBuilder::default()
+            .filters(&filters)
+            .build();
+        let response = self
+            .docker
+            .prune_images(Some(options))
+            .await
+            .map_err(engine)?;
+        Ok(PruneReport {
+            removed: response
+                .images_deleted
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|item| item.deleted)
+                .collect(),
+            reclaimed_bytes: reclaimed(response.space_reclaimed),
+        })
+    }
+
+    async fn prune_build_cache(
+        &self,
+        unused_for: Duration,
+        keep_bytes: Option<u64>,
+    ) -> Result<PruneReport, RuntimeError> {
+        let filters = HashMap::from([("until", vec![engine_duration(unused_for)])]);
+        let mut options = PruneBuildOptionsBuilder::default().filters(&filters);
+        if let Some(keep) = keep_bytes {
+            // `reserved-space` is API 1.48's name; older engines ignore it (their
+            // `keep-storage` is not in bollard's parameters), so they prune by age alone.
+            options = options.reserved_space(i64::try_from(keep).unwrap_or(i64::MAX));
+        }
+        let response = self
+            .docker
+            .prune_build(Some(options.build()))
+            .await
+            .map_err(engine)?;
+        Ok(PruneReport {
+            removed: response.caches_deleted.unwrap_or_default(),
+            reclaimed_bytes: reclaimed(response.space_reclaimed),
+        })
+    }
+}
+
+/// The engine's `SpaceReclaimed` (absent or negative means nothing).
+fn reclaimed(space: Option<i64>) -> u64 {
+    space.and_then(|s| u64::try_from(s).ok()).unwrap_or(0)
 }
 
 impl DockerRuntime {

@@ -5,10 +5,14 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use tokio::sync::Barrier;
 
-use super::{BuildSpec, ContainerRuntime, ContainerSpec, EnginePlatform, RuntimeError};
+use super::{
+    BuildSpec, ContainerRuntime, ContainerSpec, EnginePlatform, ImagePrune, PruneReport,
+    RuntimeError,
+};
 use crate::logs::StepLog;
 
 /// What a scripted container, build or push does.
@@ -51,6 +55,11 @@ pub enum Call {
     Remove(String),
     Build(BuildSpec),
     Push(String),
+    PruneImages(ImagePrune),
+    PruneBuildCache {
+        unused_for: Duration,
+        keep_bytes: Option<u64>,
+    },
 }
 
 /// A file a container saw through a read-only bind mount when it started.
@@ -73,6 +82,9 @@ pub struct FakeRuntime {
     calls: Mutex<Vec<Call>>,
     live: Mutex<BTreeSet<String>>,
     mounted: Mutex<HashMap<String, Vec<MountedFile>>>,
+    /// Answers of `prune_images` and `prune_build_cache`; `None`: nothing removed.
+    image_prune: Mutex<Option<Result<PruneReport, RuntimeError>>>,
+    cache_prune: Mutex<Option<Result<PruneReport, RuntimeError>>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -90,6 +102,16 @@ impl FakeRuntime {
     /// Sets the behaviour for `key` (an image, or a build's first tag).
     pub fn script(&self, key: &str, script: Script) {
         lock(&self.scripts).insert(key.to_string(), script);
+    }
+
+    /// What every `prune_images` call answers.
+    pub fn script_image_prune(&self, answer: Result<PruneReport, RuntimeError>) {
+        *lock(&self.image_prune) = Some(answer);
+    }
+
+    /// What every `prune_build_cache` call answers.
+    pub fn script_cache_prune(&self, answer: Result<PruneReport, RuntimeError>) {
+        *lock(&self.cache_prune) = Some(answer);
     }
 
     /// Every call so far, in order.
@@ -277,5 +299,26 @@ impl ContainerRuntime for FakeRuntime {
             .and_then(|s| s.digest.clone());
         self.play(image, Some(log)).await?;
         Ok(digest.unwrap_or_else(|| "sha256:0000".to_string()))
+    }
+
+    async fn prune_images(&self, prune: &ImagePrune) -> Result<PruneReport, RuntimeError> {
+        self.record(Call::PruneImages(prune.clone()));
+        lock(&self.image_prune)
+            .clone()
+            .unwrap_or_else(|| Ok(PruneReport::default()))
+    }
+
+    async fn prune_build_cache(
+        &self,
+        unused_for: Duration,
+        keep_bytes: Option<u64>,
+    ) -> Result<PruneReport, RuntimeError> {
+        self.record(Call::PruneBuildCache {
+            unused_for,
+            keep_bytes,
+        });
+        lock(&self.cache_prune)
+            .clone()
+            .unwrap_or_else(|| Ok(PruneReport::default()))
     }
 }

@@ -11,6 +11,7 @@ pub mod fake;
 
 use std::future::Future;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use crate::logs::StepLog;
 
@@ -96,6 +97,28 @@ pub fn cpu_quota_micros(cpu_millis: u32) -> u64 {
     u64::from(cpu_millis) * u64::from(CPU_PERIOD_MICROS) / 1000
 }
 
+/// Which images an image prune may remove. The engine never removes an image a container
+/// (running or stopped) uses, whatever the filter.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImagePrune {
+    /// Only untagged images; `false` removes every unused image that passes the other filters.
+    pub dangling_only: bool,
+    /// Only images created at least this long ago (by the engine's clock).
+    pub older_than: Duration,
+    /// Only images carrying every one of these labels (`key` or `key=value`); empty: any.
+    pub labels: Vec<String>,
+}
+
+/// What one prune removed, as the engine reported it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PruneReport {
+    /// What the engine reports deleted: image ids and the ids of their deleted layers, or
+    /// build-cache record ids.
+    pub removed: Vec<String>,
+    /// Disk space freed.
+    pub reclaimed_bytes: u64,
+}
+
 /// Why a runtime operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RuntimeError {
@@ -178,6 +201,26 @@ pub trait ContainerRuntime: Send + Sync + 'static {
         image: &str,
         log: &mut StepLog,
     ) -> impl Future<Output = Result<String, RuntimeError>> + Send;
+
+    /// Removes the unused images `prune` selects.
+    fn prune_images(
+        &self,
+        prune: &ImagePrune,
+    ) -> impl Future<Output = Result<PruneReport, RuntimeError>> + Send;
+
+    /// Removes build-cache records unused for at least `unused_for`, keeping at least
+    /// `keep_bytes` of cache when set.
+    fn prune_build_cache(
+        &self,
+        unused_for: Duration,
+        keep_bytes: Option<u64>,
+    ) -> impl Future<Output = Result<PruneReport, RuntimeError>> + Send;
+}
+
+/// A duration as the engine's `until` filters take it (a Go duration, relative to the
+/// engine's clock, so the agent's and the engine's clocks need not agree).
+pub fn engine_duration(duration: Duration) -> String {
+    format!("{}s", duration.as_secs())
 }
 
 /// Splits `registry/repo:tag` (or `repo@digest`) into the repository and the tag or digest;
@@ -206,6 +249,13 @@ mod tests {
         assert_eq!(cpu_quota_micros(1500), 150_000);
         assert_eq!(cpu_quota_micros(250), 25_000);
         assert_eq!(nano_cpus(u32::MAX), i64::from(u32::MAX) * 1_000_000);
+    }
+
+    #[test]
+    fn durations_for_engine_filters() {
+        assert_eq!(engine_duration(Duration::from_secs(24 * 3600)), "86400s");
+        assert_eq!(engine_duration(Duration::from_millis(1500)), "1s");
+        assert_eq!(engine_duration(Duration::ZERO), "0s");
     }
 
     #[test]
