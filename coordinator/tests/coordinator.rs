@@ -134,8 +134,38 @@ async fn connect_agent(address: &str, id: &str, platforms: &[(&str, &str, bool)]
     connect_with(address, hello(id, platforms, vec![])).await
 }
 
+/// Connects, retrying while the coordinator refuses the id (it has not seen the previous
+/// connection of this agent end yet).
+async fn reconnect(address: &str, hello: Hello) -> Agent {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match open_session(address, hello.clone()).await {
+            Ok(session) => return agent_on(session, hello.leases.clone()).await,
+            Err(status) if status.code() == tonic::Code::AlreadyExists => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "still refused: {status}"
+                );
+                tokio::task::yield_now().await;
+            }
+            Err(status) => panic!("cannot reconnect: {status}"),
+        }
+    }
+}
+
 async fn connect_with(address: &str, hello: Hello) -> Agent {
-    let (tx, mut inbound) = open_session(address, hello).await.unwrap();
+    let leases = hello.leases.clone();
+    agent_on(open_session(address, hello).await.unwrap(), leases).await
+}
+
+async fn agent_on(
+    (tx, mut inbound): (
+        mpsc::Sender<AgentMessage>,
+        tonic::Streaming<CoordinatorMessage>,
+    ),
+    // What its heartbeats say it executes (as a real agent lists its runs).
+    leases: Vec<ActiveRun>,
+) -> Agent {
     let first = inbound.message().await.unwrap().unwrap().msg.unwrap();
     let coordinator_message::Msg::Welcome(welcome) = first else {
         panic!("the coordinator's first message is Welcome, not {first:?}")
@@ -149,6 +179,7 @@ async fn connect_with(address: &str, hello: Hello) -> Agent {
             let beat = AgentMessage {
                 msg: Some(agent_message::Msg::Heartbeat(Heartbeat {
                     seq,
+                    active: leases.clone(),
                     ..Heartbeat::default()
                 })),
                 report_id: 0,
@@ -793,5 +824,74 @@ async fn bad_requests_and_unknown_runs_get_clear_errors() {
         .unwrap_err();
     assert_eq!(error.code(), tonic::Code::NotFound);
     drop(control);
+    coordinator.stop().await;
+}
+
+#[tokio::test]
+async fn every_report_resent_after_its_agent_died_before_the_ack_is_applied_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let coordinator = start(dir.path()).await;
+    let mut control = coordinator.control().await;
+    let platforms = [("linux", "amd64", false)];
+    let mut agent = connect_agent(&coordinator.address, "crashy", &platforms).await;
+    let run_id = submit(&mut control, "amd64").await;
+    let assignment = agent.next_assignment().await;
+    agent.ack_assignment(&assignment).await;
+    let epoch = assignment.epoch;
+    let lease = vec![ActiveRun {
+        run_id: run_id.clone(),
+        epoch,
+    }];
+    // A run whose agent dies before a step started is requeued (nothing of it ran), so the
+    // resends that matter are those of a run with a step under way.
+    assert_eq!(agent.report(planned(&run_id, epoch)).await.error, "");
+    assert_eq!(
+        agent
+            .report(step(&run_id, epoch, StepStatus::Running))
+            .await
+            .error,
+        ""
+    );
+    let reports = [
+        agent_message::Msg::LogStored(kiln_proto::v1::LogStored {
+            run_id: run_id.clone(),
+            step_id: "acb_step_0".into(),
+            epoch,
+            index: 0,
+            digest: format!("sha256:{}", "c".repeat(64)),
+            size: 3,
+        }),
+        agent_message::Msg::ImagePushed(ImagePushed {
+            run_id: run_id.clone(),
+            step_id: "acb_step_0".into(),
+            image: "127.0.0.1:5000/app:1".into(),
+            digest: format!("sha256:{}", "a".repeat(64)),
+            epoch,
+        }),
+        step(&run_id, epoch, StepStatus::Succeeded),
+        finished(&run_id, epoch, RunStatus::Succeeded),
+    ];
+    for (n, report) in reports.into_iter().enumerate() {
+        // Sent and committed, then the agent dies before it acts on the acknowledgement (after
+        // kill -9 the report is still in its spool)...
+        let first = agent.report(report.clone()).await;
+        assert_eq!(first.error, "", "report {n}: {first:?}");
+        drop(agent);
+        // ...and the restarted agent sends it again on a new session (retrying while the
+        // coordinator still sees the old one, as a real agent does).
+        agent = reconnect(
+            &coordinator.address,
+            hello("crashy", &platforms, lease.clone()),
+        )
+        .await;
+        let ack = agent.report(report).await;
+        assert_eq!(ack.error, "", "report {n}: {ack:?}");
+    }
+    let run = wait_for_status(&mut control, &run_id, RunStatus::Succeeded).await;
+    assert_eq!(run.images.len(), 1);
+    assert_eq!(run.steps.len(), 1);
+    assert_eq!(run.steps[0].status(), StepStatus::Succeeded);
+    assert_eq!(run.steps[0].log_segments.len(), 1);
+    drop((agent, control));
     coordinator.stop().await;
 }

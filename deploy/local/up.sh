@@ -72,9 +72,10 @@ start_coordinator() {
         tcp_open "$KILN_COORDINATOR_ADDR"
 }
 
-# True when `kiln agents` lists our agent.
+# True when `kiln agents` lists our agent as ready (it also lists lost and disconnected ones).
 agent_connected() {
-    KILN_COORDINATOR="$KILN_COORDINATOR" "$INSTALL_DIR/kiln" agents 2>/dev/null | grep -qw -- "$AGENT_ID"
+    KILN_COORDINATOR="$KILN_COORDINATOR" "$INSTALL_DIR/kiln" agents 2>/dev/null |
+        awk -v id="$AGENT_ID" '$1 == id && $2 == "ready" { found = 1 } END { exit !found }'
 }
 
 start_agent() {
@@ -95,7 +96,8 @@ start_agent() {
         --docker-host "$DOCKER_HOST" \
         --work-dir "$KILN_HOME/agent" \
         --secrets-dir "$KILN_HOME/secrets" \
-        --agent-id "$AGENT_ID"
+        --agent-id "$AGENT_ID" \
+        --drain-timeout-seconds 25
 }
 
 wait_agent_connected() {

@@ -478,6 +478,16 @@ impl State {
                 "a run can only finish with a terminal status, not {status:?}"
             ));
         }
+        // The same finish again (its acknowledgement was lost): accepted, nothing changes.
+        if let (Some(lease), Some(run)) = (&command.lease, self.run(&command.run_id)) {
+            if is_terminal(run.status())
+                && run.status() == status
+                && run.agent_id == lease.agent_id
+                && run.lease_epoch == lease.epoch
+            {
+                return ApplyOutcome::unchanged(run.seq);
+            }
+        }
         // Agents' finishes and the leader's (lost agent, timeout) alike are about one lease.
         let (seq, run) = match self.leased_run_mut(&command.run_id, command.lease.as_ref()) {
             Ok(found) => found,

@@ -13,6 +13,13 @@ use crate::Diagnostic;
 
 pub const DEFAULT_STEP_TIMEOUT: u64 = 600;
 pub const DEFAULT_RETRY_DELAY: u64 = 5;
+/// Upper bounds kiln puts on step settings (acb has none; a typo such as `repeat: 1000000`
+/// would otherwise occupy an agent for good). The timeouts match the whole-run limit,
+/// `kiln_state::machine::MAX_RUN_TIMEOUT_SECONDS` (8 hours).
+pub const MAX_STEP_TIMEOUT: u64 = 28_800;
+pub const MAX_RETRIES: i64 = 100;
+pub const MAX_REPEAT: i64 = 1000;
+pub const MAX_DELAY_SECONDS: i64 = 3600;
 pub const DEFAULT_NETWORK: &str = "acb_default_network";
 const VALID_VERSIONS: &[&str] = &["1.0-preview-1", "v1.0.0", "v1.1.0"];
 /// Largest plan (bytes of text in its steps) a task may produce. Every step copies the
@@ -425,6 +432,12 @@ impl Decoder<'_> {
             self.err(node, format!("invalid version specified: {version:?}, the current version is \"v1.0.0\" (use v1.0.0 or v1.1.0)"));
         }
         let step_timeout = self.int(root, "stepTimeout");
+        if step_timeout > MAX_STEP_TIMEOUT as i64 {
+            self.err(
+                root.get("stepTimeout").unwrap_or(root),
+                format!("stepTimeout is {step_timeout}s; at most {MAX_STEP_TIMEOUT}s (8 hours) is allowed"),
+            );
+        }
         let step_timeout = if step_timeout <= 0 {
             DEFAULT_STEP_TIMEOUT
         } else {
@@ -562,6 +575,18 @@ impl Decoder<'_> {
             self.err(
                 node.get("repeat").unwrap_or(node),
                 "step must specify repeat >= 0",
+            );
+        }
+        if retries > MAX_RETRIES {
+            self.err(
+                node.get("retries").unwrap_or(node),
+                format!("retries is {retries}; at most {MAX_RETRIES} are allowed"),
+            );
+        }
+        if repeat > MAX_REPEAT {
+            self.err(
+                node.get("repeat").unwrap_or(node),
+                format!("repeat is {repeat}; at most {MAX_REPEAT} are allowed"),
             );
         }
         let types = [
@@ -705,6 +730,30 @@ impl Decoder<'_> {
         let start_delay = self.int(node, "startDelay");
         let cmd_download_retries = self.int(node, "cmdDownloadRetries");
         let cmd_download_retry_delay = self.int(node, "cmdDownloadRetryDelay");
+        if timeout > MAX_STEP_TIMEOUT as i64 {
+            self.err(
+                node.get("timeout").unwrap_or(node),
+                format!("timeout is {timeout}s; at most {MAX_STEP_TIMEOUT}s (8 hours) is allowed"),
+            );
+        }
+        for (key, value) in [
+            ("retryDelay", retry_delay),
+            ("startDelay", start_delay),
+            ("cmdDownloadRetryDelay", cmd_download_retry_delay),
+        ] {
+            if value > MAX_DELAY_SECONDS {
+                self.err(
+                    node.get(key).unwrap_or(node),
+                    format!("{key} is {value}s; at most {MAX_DELAY_SECONDS}s is allowed"),
+                );
+            }
+        }
+        if cmd_download_retries > MAX_RETRIES {
+            self.err(
+                node.get("cmdDownloadRetries").unwrap_or(node),
+                format!("cmdDownloadRetries is {cmd_download_retries}; at most {MAX_RETRIES} are allowed"),
+            );
+        }
         let line = self.pos(node).0;
         Step {
             id,

@@ -21,7 +21,10 @@ mod yaml;
 use std::collections::BTreeMap;
 use std::fmt;
 
-pub use decode::{normalise_push_names, normalise_working_directory, parse_build};
+pub use decode::{
+    normalise_push_names, normalise_working_directory, parse_build, MAX_DELAY_SECONDS, MAX_REPEAT,
+    MAX_RETRIES, MAX_STEP_TIMEOUT,
+};
 pub use load::{format_run_date, parse_rfc3339_ms};
 pub use plan::{
     mask_secrets, BuildStep, CmdStep, Inputs, Network, Plan, PushStep, RunVars, SecretDecl, Step,

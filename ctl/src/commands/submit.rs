@@ -312,6 +312,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_step_timeout_limit_is_the_run_timeout_limit() {
+        assert_eq!(
+            kiln_taskfile::MAX_STEP_TIMEOUT,
+            kiln_state::machine::MAX_RUN_TIMEOUT_SECONDS
+        );
+    }
+
+    #[test]
     fn sizes_parse_like_the_docker_cli() {
         assert_eq!(parse_size("512m"), Some(512 << 20));
         assert_eq!(parse_size("4G"), Some(4 << 30));

@@ -616,7 +616,7 @@ fn every_report_is_applied_once_when_it_is_sent_again() {
         assert_eq!(first.result.error, "", "{what}");
         let snapshot = state.clone();
         let again = state.apply(NO_INDEX, &cmd(6, kind));
-        // A finish cannot be repeated on a finished run: rejected as stale, changing nothing.
+        assert_eq!(again.result.error, "", "{what}");
         assert_eq!(again.changed_run, None, "{what}");
         assert_eq!(state, snapshot, "{what}");
     }
