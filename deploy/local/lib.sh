@@ -203,6 +203,8 @@ pid_alive() {
     [[ -f "$pidfile" ]] || return 1
     read -r pid start <"$pidfile" || true
     [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null || return 1
+    # A killed process not yet reaped (a zombie) still answers kill -0: it is not running.
+    [[ "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)" != Z ]] || return 1
     [[ -z "${start:-}" || "$(proc_start_time "$pid" 2>/dev/null)" == "$start" ]]
 }
 

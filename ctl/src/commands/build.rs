@@ -98,6 +98,8 @@ pub async fn run(coordinator: &str, args: BuildArgs) -> anyhow::Result<ExitCode>
             kiln_state::machine::MAX_RUN_TIMEOUT_SECONDS
         );
     }
+    // Bad dispatch flags are reported before the context is packed and uploaded.
+    args.dispatch.apply(&mut RunRequest::default())?;
     submit::parse_pairs("--build-arg", &args.build_args)?;
 
     let mut client = client::connect(coordinator).await?;

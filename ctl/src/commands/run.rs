@@ -61,6 +61,8 @@ pub async fn run(coordinator: &str, args: RunArgs) -> anyhow::Result<ExitCode> {
             kiln_state::machine::MAX_RUN_TIMEOUT_SECONDS
         );
     }
+    // Bad dispatch flags are reported before the context is packed and uploaded.
+    args.dispatch.apply(&mut RunRequest::default())?;
     let values_yaml = match &args.values {
         Some(path) => Some(
             std::fs::read_to_string(path)

@@ -30,7 +30,7 @@ pub struct DispatchArgs {
     #[arg(long = "agent-label", value_name = "KEY=VALUE")]
     pub agent_labels: Vec<String>,
     /// CPU limit for every container of the run, in cores (e.g. 2 or 0.5), like ACR's --cpu.
-    #[arg(long, value_name = "CORES")]
+    #[arg(long, value_name = "CORES", allow_negative_numbers = true)]
     pub cpu: Option<f64>,
     /// Memory limit for every container of the run, e.g. 512m or 4g.
     #[arg(long, value_name = "SIZE")]
