@@ -48,6 +48,8 @@ pub enum AgentError {
         path: String,
         source: std::io::Error,
     },
+    #[error("{0}")]
+    DuplicateId(String),
     #[error("cannot use the report spool under {path}: {source}")]
     Spool {
         path: String,
@@ -72,6 +74,11 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         .await
         .map_err(docker_error)?
         .owned_by(&config.agent_id);
+    // Another live process with this id may be using the same engine: its containers are not
+    // leftovers. Refuse to start rather than remove them.
+    session::check_id_is_free(&config)
+        .await
+        .map_err(AgentError::DuplicateId)?;
     let removed = runtime.remove_leftovers().await.map_err(docker_error)?;
     if removed > 0 {
         tracing::warn!(

@@ -36,10 +36,8 @@ pub const LOG_CHUNK_BYTES: usize = 16 * 1024;
 pub const SEGMENT_BYTES: u64 = 1024 * 1024;
 /// Longest time a log byte stays unstored while the step runs (when the registry answers).
 pub const SEGMENT_INTERVAL: Duration = Duration::from_secs(2);
-/// Most segments one step may store: the coordinator's limit (`kiln_state::machine::
-/// MAX_LOG_SEGMENTS`, which this crate does not depend on; a test in the coordinator's crate
-/// would catch a drift only there, so keep them equal).
-pub const MAX_LOG_SEGMENTS: u32 = 10_000;
+/// Most segments one step may store: the replicated state's limit.
+pub const MAX_LOG_SEGMENTS: u32 = kiln_state::machine::MAX_LOG_SEGMENTS as u32;
 /// Pauses between the attempts of one segment upload.
 const UPLOAD_RETRY_DELAYS: [Duration; 2] = [Duration::from_millis(500), Duration::from_secs(2)];
 /// Writes queued between a writer and the step's log task; a full queue makes the writer wait.

@@ -738,3 +738,45 @@ fn error_chain(error: &dyn std::error::Error) -> String {
     }
     text
 }
+
+/// How often, and how many times, the start-up check asks whether this agent's id is in use.
+const ID_CHECK_TRIES: u32 = 4;
+const ID_CHECK_PAUSE: Duration = Duration::from_secs(2);
+
+/// Before an agent removes what "its" previous process left on the engine, it makes sure no
+/// other live process uses its id: that one's containers are not leftovers. An id the
+/// coordinator still lists as ready or draining is asked about a few times (a predecessor
+/// that just died is declared lost within seconds); an unreachable coordinator is no reason
+/// not to start.
+pub async fn check_id_is_free(config: &AgentConfig) -> Result<(), String> {
+    use kiln_proto::v1::control_client::ControlClient;
+    use kiln_proto::v1::GetInfoRequest;
+    let endpoint = match tonic::transport::Endpoint::from_shared(config.coordinator.clone()) {
+        Ok(endpoint) => endpoint.connect_timeout(CONNECT_TIMEOUT),
+        Err(_) => return Ok(()),
+    };
+    let Ok(channel) = endpoint.connect().await else {
+        return Ok(());
+    };
+    let mut client = ControlClient::new(channel);
+    for attempt in 1..=ID_CHECK_TRIES {
+        let Ok(info) = client.get_info(GetInfoRequest {}).await else {
+            return Ok(());
+        };
+        let live = info.into_inner().agents.into_iter().any(|agent| {
+            agent.agent_id == config.agent_id
+                && matches!(agent.state.as_str(), "ready" | "draining")
+        });
+        if !live {
+            return Ok(());
+        }
+        if attempt < ID_CHECK_TRIES {
+            tracing::warn!(agent_id = config.agent_id, "the coordinator lists this agent id as connected; waiting to see whether that process is gone");
+            tokio::time::sleep(ID_CHECK_PAUSE).await;
+        }
+    }
+    Err(format!(
+        "agent id {} is in use: another kiln-agent connected to {} with it is alive; give each agent its own --agent-id",
+        config.agent_id, config.coordinator
+    ))
+}

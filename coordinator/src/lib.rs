@@ -91,7 +91,17 @@ pub async fn serve(
     };
     let address = listener.local_addr()?;
     tracing::info!(%address, registry = %config.registry, data_dir = %config.data_dir.display(), "coordinator listening");
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // Live log lines are small writes: without TCP_NODELAY, Nagle's algorithm holds some of
+    // them back behind heartbeats (tonic does not set it on a caller's listener).
+    let incoming = tokio_stream::StreamExt::map(
+        tokio_stream::wrappers::TcpListenerStream::new(listener),
+        |stream| {
+            if let Ok(stream) = &stream {
+                let _ = stream.set_nodelay(true);
+            }
+            stream
+        },
+    );
     let server = tonic::transport::Server::builder()
         // HTTP/2 pings, so a peer that vanished without closing its connection is noticed
         // even when no heartbeat is due.

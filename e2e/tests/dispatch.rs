@@ -246,12 +246,30 @@ fn a_drained_agent_takes_no_runs_and_a_second_agent_with_its_id_is_refused() {
     assert!(!unknown.status.success());
     assert!(text(&unknown).contains("not known"), "{}", text(&unknown));
 
-    // The same id from another process: refused with a clear error, the first keeps its place.
+    // The same id from another process: it refuses to start (before touching the engine,
+    // where the first one's containers are not leftovers), with a clear error and a non-zero
+    // exit; the first keeps its place.
     let mut twin = farm.spawn_agent(&farm.agent_id, "twin");
-    farm.wait_for("the twin to be refused", || {
-        farm.process_log("twin").contains("already connected")
-    });
-    assert_eq!(farm.agent_state().as_deref(), Some("ready"));
+    let exited = {
+        let start = std::time::Instant::now();
+        loop {
+            if let Some(status) = twin.try_wait().unwrap() {
+                break Some(status);
+            }
+            if start.elapsed() > kiln_e2e::DEADLINE {
+                break None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    };
     let _ = twin.kill();
     let _ = twin.wait();
+    let status = exited.expect("the twin agent exits by itself");
+    assert!(!status.success());
+    let log = farm.process_log("twin");
+    assert!(
+        log.contains("is in use") && log.contains("--agent-id"),
+        "{log}"
+    );
+    assert_eq!(farm.agent_state().as_deref(), Some("ready"));
 }

@@ -541,7 +541,7 @@ fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
-fn status_line(status: &tonic::Status) -> String {
+pub(crate) fn status_line(status: &tonic::Status) -> String {
     let message = status.message().lines().next().unwrap_or_default().trim();
     if message.is_empty() {
         format!("{:?}", status.code())

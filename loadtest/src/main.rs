@@ -4,7 +4,8 @@
 //!
 //! With `--sim-agents N` it also runs simulated agents (gRPC clients of the agent protocol,
 //! without Docker); `sim-agents` runs only those, and `dispatch` and `fairness` benchmark the
-//! coordinator's dispatch rate and fair queueing with them.
+//! coordinator's dispatch rate and fair queueing with them; `log-latency` and `log-throughput`
+//! measure the live log path of a real agent and Docker Engine.
 //!
 //! Exit codes: 0 when every requested run succeeded, 1 on an error (bad arguments, coordinator
 //! unreachable, no run could be submitted), 3 when the test ran but some runs failed, did not
@@ -12,6 +13,7 @@
 
 mod bench;
 mod driver;
+mod logbench;
 mod outcome;
 mod report;
 mod sim;
@@ -201,6 +203,46 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Live log latency on the farm's own agents: one run prints --lines lines stamped with
+    /// the time they were written; each line's arrival at a follower minus its stamp.
+    LogLatency {
+        #[command(flatten)]
+        conn: Conn,
+        /// How many stamped lines the container prints.
+        #[arg(long, default_value_t = 500)]
+        lines: u32,
+        /// The pause between two lines, in milliseconds (0: as fast as the shell prints).
+        #[arg(long, default_value_t = 20)]
+        every_ms: u64,
+        /// The image whose busybox `sh` runs the step [default: REGISTRY/base/busybox:latest].
+        #[arg(long)]
+        image: Option<String>,
+        /// Print the report as one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Per-step log throughput on the farm's own agents: one run's step writes --mib MiB as
+    /// fast as it can; MiB/s over the step, and a check that the stored log has every byte.
+    LogThroughput {
+        #[command(flatten)]
+        conn: Conn,
+        /// How many MiB the step writes.
+        #[arg(long, default_value_t = 1024)]
+        mib: u64,
+        /// The length of each line written, newline included: a power of two, 64 to 16384.
+        #[arg(long, default_value_t = logbench::DEFAULT_LINE_BYTES)]
+        line_bytes: u64,
+        /// Do not follow the live log (measures the agent and storage alone).
+        #[arg(long)]
+        no_follow: bool,
+        /// The image whose busybox `sh`, `yes` and `head` run the step [default:
+        /// REGISTRY/base/busybox:latest].
+        #[arg(long)]
+        image: Option<String>,
+        /// Print the report as one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -251,7 +293,109 @@ async fn run(mut args: Args) -> anyhow::Result<ExitCode> {
             let plan = fairness_plan(&conn, &sim, queued, lone, lone_every_ms, concurrency_limit)?;
             run_fairness(&conn, &sim, &plan, json).await
         }
+        Some(Command::LogLatency {
+            conn,
+            lines,
+            every_ms,
+            image,
+            json,
+        }) => run_log_latency(&conn, lines, every_ms, image, json).await,
+        Some(Command::LogThroughput {
+            conn,
+            mib,
+            line_bytes,
+            no_follow,
+            image,
+            json,
+        }) => run_log_throughput(&conn, mib, line_bytes, !no_follow, image, json).await,
     }
+}
+
+/// Connects for a log benchmark: the client and the request of one run executing `script`
+/// (built from the farm's registry) in `image`.
+async fn log_bench_request(
+    conn: &Conn,
+    image: Option<String>,
+    script: impl FnOnce() -> String,
+) -> anyhow::Result<(Client, kiln_state::pb::RunRequest)> {
+    let platform = check_conn(conn)?;
+    let (client, info) = driver::connect(&conn.coordinator).await?;
+    warn_if_no_agent_runs(&info, &platform);
+    let image = image.unwrap_or_else(|| format!("{}/base/busybox:latest", info.registry));
+    let workload = Workload::cmd(&logbench::shell_cmd(&image, &script())?)?;
+    let request = workload.run_request(&info.registry, &platform, conn.max_seconds)?;
+    Ok((client, request))
+}
+
+async fn run_log_latency(
+    conn: &Conn,
+    lines: u32,
+    every_ms: u64,
+    image: Option<String>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    check_conn(conn)?;
+    logbench::validate_latency(lines, every_ms, conn.max_seconds)?;
+    let (client, request) =
+        log_bench_request(conn, image, || logbench::latency_script(lines, every_ms)).await?;
+    let interrupt = on_interrupt();
+    let report = logbench::log_latency(
+        &client,
+        request,
+        lines,
+        every_ms,
+        Duration::from_secs(conn.max_seconds),
+        &interrupt,
+    )
+    .await?;
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print!("{}", report.to_table());
+    }
+    Ok(if report.goal_met {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_RUNS_NOT_ALL_SUCCEEDED)
+    })
+}
+
+async fn run_log_throughput(
+    conn: &Conn,
+    mib: u64,
+    line_bytes: u64,
+    follow: bool,
+    image: Option<String>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    check_conn(conn)?;
+    logbench::validate_throughput(mib, line_bytes)?;
+    let bytes = mib * 1024 * 1024;
+    let (client, request) = log_bench_request(conn, image, || {
+        logbench::throughput_script(bytes, line_bytes)
+    })
+    .await?;
+    let interrupt = on_interrupt();
+    let report = logbench::log_throughput(
+        &client,
+        request,
+        bytes,
+        line_bytes,
+        follow,
+        Duration::from_secs(conn.max_seconds),
+        &interrupt,
+    )
+    .await?;
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print!("{}", report.to_table());
+    }
+    Ok(if report.goal_met {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_RUNS_NOT_ALL_SUCCEEDED)
+    })
 }
 
 /// The interrupt token, cancelled on the first Ctrl-C; a second one exits at once.

@@ -33,6 +33,9 @@ use crate::logs::StepLog;
 /// applies the step and run timeouts on top).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(600);
 
+/// Most engine log frames joined into one write (a frame holds at most one 16 KiB line).
+const LOG_FRAMES_PER_BATCH: usize = 64;
+
 /// A Docker Engine connection.
 #[derive(Debug, Clone)]
 pub struct DockerRuntime {
@@ -326,15 +329,29 @@ impl ContainerRuntime for DockerRuntime {
             .stdout(true)
             .stderr(true)
             .build();
-        let mut output = self.docker.logs(&spec.name, Some(options));
-        while let Some(item) = output.next().await {
-            match item {
-                Ok(chunk) => log.write(chunk.into_bytes()).await,
-                Err(e) => {
-                    log.line(&format!("log stream interrupted: {}", error_message(e)))
-                        .await;
-                    break;
+        // The engine hands over one frame per line; frames that are already there are joined
+        // and passed on together, so a chatty step costs per batch, not per line.
+        let mut output = self
+            .docker
+            .logs(&spec.name, Some(options))
+            .ready_chunks(LOG_FRAMES_PER_BATCH);
+        'read: while let Some(items) = output.next().await {
+            let mut batch = bytes::BytesMut::new();
+            for item in items {
+                match item {
+                    Ok(chunk) => batch.extend_from_slice(&chunk.into_bytes()),
+                    Err(e) => {
+                        if !batch.is_empty() {
+                            log.write(batch.split().freeze()).await;
+                        }
+                        log.line(&format!("log stream interrupted: {}", error_message(e)))
+                            .await;
+                        break 'read;
+                    }
                 }
+            }
+            if !batch.is_empty() {
+                log.write(batch.freeze()).await;
             }
         }
         let mut wait = self.docker.wait_container(&spec.name, None);
