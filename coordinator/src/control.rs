@@ -342,11 +342,19 @@ fn decide(
                 return lost_policy(run, reason, started_a_step);
             }
         }
-        Liveness::Gone { since, lost } => {
-            let how = if *lost {
-                format!("was lost (no message for {}s)", config.lost_after.as_secs())
-            } else {
-                "disconnected".to_string()
+        Liveness::Gone { .. } | Liveness::Unknown => {
+            // How the agent went away, and for how long: since it was lost or disconnected, or
+            // (never seen by this coordinator) since the coordinator started.
+            let (how, away) = match agent {
+                Liveness::Gone { since, lost: true } => (
+                    format!("was lost (no message for {}s)", config.lost_after.as_secs()),
+                    since.elapsed(),
+                ),
+                Liveness::Gone { since, .. } => ("disconnected".to_string(), since.elapsed()),
+                _ => (
+                    "was not seen by this coordinator".to_string(),
+                    coordinator_started.elapsed(),
+                ),
             };
             if !started_a_step {
                 return Decision::Requeue {
@@ -354,28 +362,9 @@ fn decide(
                     unstarted: true,
                 };
             }
-            if since.elapsed() > config.agent_grace {
+            if away > config.agent_grace {
                 let reason = format!(
                     "agent {} {how} mid-run and did not come back within {}s",
-                    run.agent_id,
-                    config.agent_grace.as_secs()
-                );
-                return lost_policy(run, reason, started_a_step);
-            }
-        }
-        Liveness::Unknown => {
-            if !started_a_step {
-                return Decision::Requeue {
-                    reason: format!(
-                        "agent {} is not connected to this coordinator and no step started",
-                        run.agent_id
-                    ),
-                    unstarted: true,
-                };
-            }
-            if coordinator_started.elapsed() > config.agent_grace {
-                let reason = format!(
-                    "agent {} did not come back within {}s",
                     run.agent_id,
                     config.agent_grace.as_secs()
                 );

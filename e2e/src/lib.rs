@@ -188,17 +188,11 @@ impl Farm {
     /// Waits for the agent process to exit by itself (after SIGTERM) and returns whether it
     /// exited successfully.
     pub fn wait_for_agent_exit(&mut self) -> bool {
-        let mut child = self.agent.take().expect("the agent runs");
-        let start = Instant::now();
-        while start.elapsed() < DEADLINE {
-            if let Ok(Some(status)) = child.try_wait() {
-                return status.success();
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        let child = self.agent.take().expect("the agent runs");
+        match wait_for_exit(child) {
+            Some(status) => status.success(),
+            None => panic!("the agent did not exit\n{}", self.logs()),
         }
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("the agent did not exit\n{}", self.logs());
     }
 
     /// The log of a process this farm started (`coordinator`, `agent`, or a `spawn_agent` name).
@@ -363,6 +357,21 @@ impl Drop for Farm {
             terminate(child);
         }
     }
+}
+
+/// Waits up to [`DEADLINE`] for `child` to exit by itself; kills it and returns `None` if it
+/// does not.
+pub fn wait_for_exit(mut child: Child) -> Option<std::process::ExitStatus> {
+    let start = Instant::now();
+    while start.elapsed() < DEADLINE {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
 }
 
 fn terminate(mut child: Child) {

@@ -249,22 +249,8 @@ fn a_drained_agent_takes_no_runs_and_a_second_agent_with_its_id_is_refused() {
     // The same id from another process: it refuses to start (before touching the engine,
     // where the first one's containers are not leftovers), with a clear error and a non-zero
     // exit; the first keeps its place.
-    let mut twin = farm.spawn_agent(&farm.agent_id, "twin");
-    let exited = {
-        let start = std::time::Instant::now();
-        loop {
-            if let Some(status) = twin.try_wait().unwrap() {
-                break Some(status);
-            }
-            if start.elapsed() > kiln_e2e::DEADLINE {
-                break None;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
-    };
-    let _ = twin.kill();
-    let _ = twin.wait();
-    let status = exited.expect("the twin agent exits by itself");
+    let twin = farm.spawn_agent(&farm.agent_id, "twin");
+    let status = kiln_e2e::wait_for_exit(twin).expect("the twin agent exits by itself");
     assert!(!status.success());
     let log = farm.process_log("twin");
     assert!(
