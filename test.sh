@@ -58,7 +58,7 @@ main() {
     export KILN_BIN_DIR="$CARGO_TARGET_DIR/debug"
     log "DOCKER_HOST=$DOCKER_HOST KILN_REGISTRY=$KILN_REGISTRY KILN_BIN_DIR=$KILN_BIN_DIR"
 
-    step test cargo test --workspace
+    step test cargo test --workspace --no-fail-fast
     step clippy cargo clippy --workspace --all-targets -- -D warnings
     step fmt cargo fmt --all -- --check
 

@@ -15,7 +15,9 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(600);
 /// How one agent process is set up.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
-    /// The coordinator's gRPC endpoint, e.g. `http://127.0.0.1:7878`.
+    /// The coordinators' gRPC endpoints: a comma-separated list of `host:port` or
+    /// `http://host:port` items, any members of the cluster, e.g.
+    /// `http://10.0.0.1:7878,10.0.0.2:7878`. The agent follows the leader among them.
     pub coordinator: String,
     /// The Docker Engine endpoint, e.g. `unix:///var/run/docker.sock`.
     pub docker_host: String,
@@ -27,7 +29,9 @@ pub struct AgentConfig {
     pub capacity: u32,
     /// Where QEMU binfmt_misc handlers are listed.
     pub binfmt_dir: PathBuf,
-    /// First reconnect delay; doubled after each failed attempt up to `reconnect_max`.
+    /// Reconnect delay once the quick failover (other members tried 50–100 ms apart for the
+    /// first 2 s after a session is lost) found no leader; doubled after each failed attempt
+    /// up to `reconnect_max`.
     pub reconnect_initial: Duration,
     pub reconnect_max: Duration,
     /// The file secret store (`<dir>/<vault-host>/<secret-name>`); `None`: runs that declare

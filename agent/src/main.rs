@@ -12,11 +12,15 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Parser)]
 #[command(name = "kiln-agent", version)]
 struct Args {
-    /// gRPC address of a coordinator (any member; followers point to the leader).
+    /// gRPC addresses of the coordinators: a comma-separated list of HOST:PORT or http://
+    /// URLs, any members of the cluster (followers point to the leader; members that are down
+    /// are skipped).
     #[arg(
         long,
         env = "KILN_COORDINATOR",
-        default_value = "http://127.0.0.1:7878"
+        default_value = "http://127.0.0.1:7878",
+        value_name = "ENDPOINTS",
+        value_parser = parse_coordinators
     )]
     coordinator: String,
 
@@ -92,6 +96,13 @@ fn hours(duration: Duration) -> u64 {
 
 fn from_hours(hours: u64) -> Duration {
     Duration::from_secs(hours.saturating_mul(3600))
+}
+
+/// Checks the endpoint list at start, so a typo is a one-line error, not endless reconnects.
+fn parse_coordinators(text: &str) -> Result<String, String> {
+    kiln_proto::endpoints::parse_list(text)
+        .map(|_| text.to_string())
+        .map_err(|error| error.to_string())
 }
 
 fn parse_label(text: &str) -> Result<(String, String), String> {

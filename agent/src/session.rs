@@ -11,7 +11,15 @@
 //!   needs to know its report is committed (a step about to start) waits for that ack.
 //! * **Liveness**: heartbeats both ways every interval the coordinator asks for; a session
 //!   from which nothing arrived for the coordinator's lost-agent limit is dropped and
-//!   reopened, as is one whose stream fails (capped exponential backoff).
+//!   reopened, as is one whose stream fails.
+//! * **Which coordinator**: `--coordinator` lists members of the cluster
+//!   ([`kiln_proto::Endpoints`]). A follower's refusal names the leader, which is tried at
+//!   once; otherwise the next member is tried after 50–100 ms for the first
+//!   [`FAST_FAILOVER`], then with capped exponential backoff.
+//! * **Which cluster**: the first `Welcome` that names a cluster id is recorded in
+//!   `<work dir>/cluster-id` and sent on every later session (`kiln-cluster-id`); a
+//!   coordinator of another cluster is refused with a logged error, and the other members
+//!   are tried. Nothing but Hello is sent before the Welcome is checked.
 //! * **Stop**: the coordinator says which runs the agent must stop (they ended, or went to
 //!   another agent); a stale `ReportAck` means the same. Their containers, networks and
 //!   volumes are removed by the runner's cancel path.
@@ -28,6 +36,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
+use kiln_proto::endpoints::{self, Endpoints, Next, Settings};
 use kiln_proto::v1::agent_service_client::AgentServiceClient;
 use kiln_proto::v1::{
     agent_message, coordinator_message, ActiveRun, AgentMessage, AgentPlatform, Assignment,
@@ -63,6 +72,14 @@ const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(1);
 const DEFAULT_SILENCE_LIMIT: Duration = Duration::from_secs(5);
 /// Finished runs remembered, so a repeated assignment of one is not executed again.
 const RECENT_MAX: usize = 1024;
+/// For this long after the session was lost, other members are tried quickly (50–100 ms
+/// apart), so that a new leader is found within about an election; then backoff.
+pub const FAST_FAILOVER: Duration = Duration::from_secs(2);
+/// Leader hints followed in a row without a pause (two members naming each other cannot make
+/// the agent spin).
+const MAX_IMMEDIATE_HINTS: u32 = 3;
+/// The file in the work directory that records the cluster this agent serves.
+pub const CLUSTER_ID_FILE: &str = "cluster-id";
 
 type Connected = (
     mpsc::Sender<AgentMessage>,
@@ -74,17 +91,83 @@ enum Connection {
     Down {
         retry_at: Instant,
     },
-    Connecting(BoxFuture<'static, Result<Connected, String>>),
+    Connecting(BoxFuture<'static, Result<Connected, ConnectFailure>>),
     Up {
         tx: mpsc::Sender<AgentMessage>,
         inbound: Box<tonic::codec::Streaming<CoordinatorMessage>>,
         last_heard: Instant,
+        /// The coordinator's Welcome arrived and names our cluster (or none): until then
+        /// nothing but Hello is sent.
+        welcomed: bool,
     },
+}
+
+/// Why a session could not be opened: a message for the log, and the coordinator's status
+/// when it answered (it may name the leader).
+struct ConnectFailure {
+    message: String,
+    status: Option<tonic::Status>,
+}
+
+/// When to try again after a failure, and where (through the endpoints).
+struct Reconnect {
+    /// The first failure since the last good session.
+    failing_since: Option<Instant>,
+    backoff: Duration,
+    hints_in_a_row: u32,
+}
+
+impl Reconnect {
+    fn new(config: &AgentConfig) -> Reconnect {
+        Reconnect {
+            failing_since: None,
+            backoff: config.reconnect_initial,
+            hints_in_a_row: 0,
+        }
+    }
+
+    /// A coordinator of our cluster welcomed us.
+    fn welcomed(&mut self, config: &AgentConfig) {
+        *self = Reconnect::new(config);
+    }
+
+    /// The session with `url` failed (with the coordinator's `status`, if it answered): follow
+    /// its leader hint at once, else rotate to the next member, quickly at first.
+    fn after_failure(
+        &mut self,
+        endpoints: &Endpoints,
+        url: &str,
+        status: Option<&tonic::Status>,
+        config: &AgentConfig,
+    ) -> Connection {
+        let now = Instant::now();
+        let since = *self.failing_since.get_or_insert(now);
+        let delay = match endpoints.failed(url, status) {
+            Next::Leader(leader) if self.hints_in_a_row < MAX_IMMEDIATE_HINTS => {
+                self.hints_in_a_row += 1;
+                tracing::info!(leader, "the coordinator named the leader; connecting to it");
+                Duration::ZERO
+            }
+            _ if now.duration_since(since) < FAST_FAILOVER => {
+                self.hints_in_a_row = 0;
+                endpoints::jitter(endpoints::ROTATE_JITTER.0, endpoints::ROTATE_JITTER.1)
+            }
+            _ => {
+                self.hints_in_a_row = 0;
+                let delay = self.backoff;
+                self.backoff = (self.backoff * 2).min(config.reconnect_max);
+                delay
+            }
+        };
+        Connection::Down {
+            retry_at: now + delay,
+        }
+    }
 }
 
 /// Everything the session loop reacts to.
 enum Event {
-    Connected(Result<Connected, String>),
+    Connected(Result<Connected, ConnectFailure>),
     RetryDue,
     /// Boxed: an assignment carries a whole run request.
     Inbound(Result<Option<Box<CoordinatorMessage>>, tonic::Status>),
@@ -105,6 +188,8 @@ struct ActiveRunState {
 
 struct Session<R: ContainerRuntime, B: BlobStore> {
     config: AgentConfig,
+    /// The coordinators, the one to try next and the cluster id sent with every session.
+    endpoints: Endpoints,
     platforms: Vec<AgentPlatform>,
     env: Arc<RunnerEnv<R, B>>,
     spool: Spool,
@@ -146,8 +231,22 @@ pub async fn run<R: ContainerRuntime, B: BlobStore>(
             "found reports a previous process did not get acknowledged; they will be sent"
         );
     }
+    let endpoints = Endpoints::with_settings(
+        &config.coordinator,
+        Settings {
+            connect_timeout: CONNECT_TIMEOUT,
+            keepalive: Some(KEEPALIVE_INTERVAL),
+            ..Settings::default()
+        },
+    )
+    .map_err(|error| std::io::Error::new(std::io::ErrorKind::InvalidInput, error.to_string()))?;
+    if let Some(cluster_id) = read_cluster_id(&config) {
+        tracing::info!(cluster_id, "this agent serves cluster {cluster_id}");
+        let _ = endpoints.learn_cluster_id(&cluster_id);
+    }
     let stop_now = config.stop_now.clone();
     let mut session = Session {
+        endpoints,
         platforms,
         env,
         spool,
@@ -167,7 +266,9 @@ pub async fn run<R: ContainerRuntime, B: BlobStore>(
         shutting_down: false,
         config,
     };
-    let mut backoff = session.config.reconnect_initial;
+    let mut reconnect = Reconnect::new(&session.config);
+    // The member the current (or last) connection went to.
+    let mut url = session.endpoints.preferred();
     let mut conn = Connection::Down {
         retry_at: Instant::now(),
     };
@@ -216,8 +317,13 @@ pub async fn run<R: ContainerRuntime, B: BlobStore>(
                     _ = sleep_until_opt(drain_deadline) => Event::DrainExpired,
                 }
             }
-            Connection::Up { tx, inbound, .. } => {
-                let has_outgoing = !session.outbox.is_empty();
+            Connection::Up {
+                tx,
+                inbound,
+                welcomed,
+                ..
+            } => {
+                let has_outgoing = *welcomed && !session.outbox.is_empty();
                 let tx = tx.clone();
                 tokio::select! {
                     msg = inbound.message() => Event::Inbound(msg.map(|m| m.map(Box::new))),
@@ -235,17 +341,21 @@ pub async fn run<R: ContainerRuntime, B: BlobStore>(
         match event {
             Event::RetryDue => {
                 if let Connection::Down { .. } = conn {
-                    tracing::debug!(coordinator = %session.config.coordinator, "connecting");
+                    url = session.endpoints.preferred();
+                    tracing::debug!(coordinator = %url, "connecting");
                     let hello = session.hello();
-                    let endpoint = session.config.coordinator.clone();
+                    let connecting = connect(session.endpoints.clone(), url.clone(), hello);
                     conn = Connection::Connecting(
                         async move {
-                            tokio::time::timeout(HANDSHAKE_TIMEOUT, connect(endpoint, hello))
+                            tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting)
                                 .await
                                 .unwrap_or_else(|_| {
-                                    Err(format!(
-                                        "the coordinator did not answer within {HANDSHAKE_TIMEOUT:?}"
-                                    ))
+                                    Err(ConnectFailure {
+                                        message: format!(
+                                            "the coordinator did not answer within {HANDSHAKE_TIMEOUT:?}"
+                                        ),
+                                        status: None,
+                                    })
                                 })
                         }
                         .boxed(),
@@ -253,8 +363,7 @@ pub async fn run<R: ContainerRuntime, B: BlobStore>(
                 }
             }
             Event::Connected(Ok((tx, inbound))) => {
-                tracing::info!(coordinator = %session.config.coordinator, "session established");
-                backoff = session.config.reconnect_initial;
+                tracing::info!(coordinator = %url, "session established");
                 session.outbox.clear();
                 session.spool.reset_sent();
                 session.outbox.extend(session.spool.due(RESEND_AFTER));
@@ -262,13 +371,49 @@ pub async fn run<R: ContainerRuntime, B: BlobStore>(
                     tx,
                     inbound: Box::new(inbound),
                     last_heard: Instant::now(),
+                    welcomed: false,
                 };
             }
-            Event::Connected(Err(error)) => {
-                tracing::warn!(coordinator = %session.config.coordinator, %error, "cannot open session");
-                conn = down_after(&mut backoff, session.config.reconnect_max);
+            Event::Connected(Err(failure)) => {
+                let refused = failure
+                    .status
+                    .as_ref()
+                    .is_some_and(|status| status.code() == tonic::Code::FailedPrecondition);
+                if refused {
+                    tracing::error!(
+                        coordinator = %url,
+                        error = failure.message,
+                        "refusing this coordinator: {}; trying the others",
+                        session.cluster_hint()
+                    );
+                } else {
+                    tracing::warn!(coordinator = %url, error = failure.message, "cannot open session");
+                }
+                conn = reconnect.after_failure(
+                    &session.endpoints,
+                    &url,
+                    failure.status.as_ref(),
+                    &session.config,
+                );
             }
             Event::Inbound(Ok(Some(message))) => {
+                if let Some(coordinator_message::Msg::Welcome(welcome)) = &message.msg {
+                    if let Err(error) = session.check_cluster(&welcome.cluster_id) {
+                        tracing::error!(coordinator = %url, "refusing this coordinator: {error}; trying the others");
+                        conn = reconnect.after_failure(
+                            &session.endpoints,
+                            &url,
+                            None,
+                            &session.config,
+                        );
+                        continue;
+                    }
+                    reconnect.welcomed(&session.config);
+                    session.endpoints.succeeded(&url);
+                    if let Connection::Up { welcomed, .. } = &mut conn {
+                        *welcomed = true;
+                    }
+                }
                 if let Connection::Up { last_heard, .. } = &mut conn {
                     *last_heard = Instant::now();
                 }
@@ -278,12 +423,17 @@ pub async fn run<R: ContainerRuntime, B: BlobStore>(
                 }
             }
             Event::Inbound(Ok(None)) => {
-                tracing::warn!("coordinator closed the session");
-                conn = down_after(&mut backoff, session.config.reconnect_max);
+                tracing::warn!(coordinator = %url, "coordinator closed the session");
+                conn = reconnect.after_failure(&session.endpoints, &url, None, &session.config);
             }
             Event::Inbound(Err(status)) => {
-                tracing::warn!(code = ?status.code(), message = status.message(), "session failed");
-                conn = down_after(&mut backoff, session.config.reconnect_max);
+                tracing::warn!(coordinator = %url, code = ?status.code(), message = status.message(), "session failed");
+                conn = reconnect.after_failure(
+                    &session.endpoints,
+                    &url,
+                    Some(&status),
+                    &session.config,
+                );
             }
             Event::SendSlot(Ok(permit)) => {
                 if let Some(message) = session.outbox.pop_front() {
@@ -291,8 +441,8 @@ pub async fn run<R: ContainerRuntime, B: BlobStore>(
                 }
             }
             Event::SendSlot(Err(_)) => {
-                tracing::warn!("session stream closed");
-                conn = down_after(&mut backoff, session.config.reconnect_max);
+                tracing::warn!(coordinator = %url, "session stream closed");
+                conn = reconnect.after_failure(&session.endpoints, &url, None, &session.config);
             }
             Event::Report(Some(envelope)) => {
                 let up = matches!(conn, Connection::Up { .. });
@@ -328,7 +478,12 @@ pub async fn run<R: ContainerRuntime, B: BlobStore>(
                             silent_ms = last_heard.elapsed().as_millis() as u64,
                             "nothing from the coordinator within its liveness limit; reconnecting"
                         );
-                        conn = down_after(&mut backoff, session.config.reconnect_max);
+                        conn = reconnect.after_failure(
+                            &session.endpoints,
+                            &url,
+                            None,
+                            &session.config,
+                        );
                         continue;
                     }
                     let beat = session.heartbeat();
@@ -372,6 +527,42 @@ pub async fn run<R: ContainerRuntime, B: BlobStore>(
 }
 
 impl<R: ContainerRuntime, B: BlobStore> Session<R, B> {
+    /// Checks a Welcome's cluster id: the first one is recorded (in memory and in the work
+    /// directory), a different one later is refused. An empty id (an older coordinator) is
+    /// accepted.
+    fn check_cluster(&self, cluster_id: &str) -> Result<(), String> {
+        match self.endpoints.learn_cluster_id(cluster_id) {
+            Ok(false) => Ok(()),
+            Ok(true) => {
+                let path = self.config.work_dir.join(CLUSTER_ID_FILE);
+                match write_cluster_id(&path, cluster_id) {
+                    Ok(()) => tracing::info!(
+                        cluster_id,
+                        file = %path.display(),
+                        "this agent now serves cluster {cluster_id}"
+                    ),
+                    Err(error) => tracing::error!(
+                        cluster_id,
+                        file = %path.display(),
+                        %error,
+                        "cannot record the cluster id; it is kept for this process only"
+                    ),
+                }
+                Ok(())
+            }
+            Err(mismatch) => Err(format!("{mismatch} ({})", self.cluster_hint())),
+        }
+    }
+
+    /// What to do about a coordinator of another cluster, for the log.
+    fn cluster_hint(&self) -> String {
+        format!(
+            "this agent serves cluster {}, recorded in {}: point --coordinator at that cluster's members, or delete the file to move the agent to another cluster",
+            self.endpoints.cluster_id().unwrap_or_else(|| "-".to_string()),
+            self.config.work_dir.join(CLUSTER_ID_FILE).display()
+        )
+    }
+
     fn hello(&self) -> AgentMessage {
         let mut leases: Vec<ActiveRun> = self
             .active
@@ -690,53 +881,82 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
     }
 }
 
-fn down_after(backoff: &mut Duration, max: Duration) -> Connection {
-    let delay = *backoff;
-    *backoff = (*backoff * 2).min(max);
-    Connection::Down {
-        retry_at: Instant::now() + delay,
-    }
-}
-
-async fn connect(endpoint: String, hello: AgentMessage) -> Result<Connected, String> {
-    let channel = tonic::transport::Endpoint::from_shared(endpoint)
-        .map_err(|e| format!("invalid coordinator address: {e}"))?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
-        .keep_alive_timeout(KEEPALIVE_INTERVAL)
-        .keep_alive_while_idle(true)
-        .connect()
-        .await
-        .map_err(|e| error_chain(&e))?;
+/// Opens a session with the coordinator at `url`: Hello first, then the call.
+async fn connect(
+    endpoints: Endpoints,
+    url: String,
+    hello: AgentMessage,
+) -> Result<Connected, ConnectFailure> {
+    let failure = |message: String| ConnectFailure {
+        message,
+        status: None,
+    };
+    let channel = endpoints
+        .connection(&url)
+        .map_err(|status| ConnectFailure {
+            message: status.message().to_string(),
+            status: None,
+        })?;
     let mut client = AgentServiceClient::new(channel);
     let (tx, rx) = mpsc::channel(OUTBOUND_BUFFER);
     // Hello goes first and is queued before the call, so a coordinator that waits for it
     // before answering cannot deadlock the handshake.
     tx.send(hello)
         .await
-        .map_err(|_| "session channel closed".to_string())?;
+        .map_err(|_| failure("session channel closed".to_string()))?;
     let response = client
         .session(ReceiverStream::new(rx))
         .await
-        .map_err(|status| match status.code() {
-            tonic::Code::AlreadyExists => format!(
-                "refused: {} (retrying; another agent process is using this id)",
-                status.message()
-            ),
-            code => format!("{code:?}: {}", status.message()),
+        .map_err(|status| {
+            let message = match status.code() {
+                tonic::Code::AlreadyExists => format!(
+                    "refused: {} (retrying; another agent process is using this id)",
+                    status.message()
+                ),
+                _ if endpoints::is_transport(&status) => endpoints::status_detail(&status),
+                code => format!("{code:?}: {}", status.message()),
+            };
+            ConnectFailure {
+                message,
+                status: Some(status),
+            }
         })?;
     Ok((tx, response.into_inner()))
 }
 
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
+/// The cluster id recorded in the work directory, if any (a damaged file is reported and
+/// ignored: the next Welcome records the id again).
+fn read_cluster_id(config: &AgentConfig) -> Option<String> {
+    let path = config.work_dir.join(CLUSTER_ID_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(error) => {
+            tracing::error!(file = %path.display(), %error, "cannot read the recorded cluster id; ignoring it");
+            return None;
+        }
+    };
+    let id = text.trim();
+    if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_hexdigit()) {
+        tracing::error!(file = %path.display(), "the recorded cluster id is not hex digits; ignoring it");
+        return None;
     }
-    text
+    Some(id.to_string())
+}
+
+/// Records the cluster id durably: a temporary file, fsync, rename, fsync of the directory.
+fn write_cluster_id(path: &std::path::Path, cluster_id: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(format!("{cluster_id}\n").as_bytes())?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 /// How often, and how many times, the start-up check asks whether this agent's id is in use.
@@ -751,21 +971,36 @@ const ID_CHECK_PAUSE: Duration = Duration::from_secs(2);
 pub async fn check_id_is_free(config: &AgentConfig) -> Result<(), String> {
     use kiln_proto::v1::control_client::ControlClient;
     use kiln_proto::v1::GetInfoRequest;
-    let endpoint = match tonic::transport::Endpoint::from_shared(config.coordinator.clone()) {
-        Ok(endpoint) => endpoint.connect_timeout(CONNECT_TIMEOUT),
-        Err(_) => return Ok(()),
-    };
-    let Ok(channel) = endpoint.connect().await else {
+    let Ok(endpoints) = Endpoints::with_settings(
+        &config.coordinator,
+        Settings {
+            connect_timeout: CONNECT_TIMEOUT,
+            request_timeout: Some(CONNECT_TIMEOUT),
+            ..Settings::default()
+        },
+    ) else {
         return Ok(());
     };
-    let mut client = ControlClient::new(channel);
+    if let Some(cluster_id) = read_cluster_id(config) {
+        let _ = endpoints.learn_cluster_id(&cluster_id);
+    }
     for attempt in 1..=ID_CHECK_TRIES {
-        let Ok(info) = client.get_info(GetInfoRequest {}).await else {
+        // Every member is asked: agents connect to the leader, so only its list is live, and
+        // which member leads is not known yet.
+        let asks = endpoints.urls().iter().map(|url| {
+            endpoints.call_at(url, |conn| async move {
+                ControlClient::new(conn).get_info(GetInfoRequest {}).await
+            })
+        });
+        let answers = futures::future::join_all(asks).await;
+        if answers.iter().all(Result::is_err) {
             return Ok(());
-        };
-        let live = info.into_inner().agents.into_iter().any(|agent| {
-            agent.agent_id == config.agent_id
-                && matches!(agent.state.as_str(), "ready" | "draining")
+        }
+        let live = answers.into_iter().flatten().any(|info| {
+            info.into_inner().agents.into_iter().any(|agent| {
+                agent.agent_id == config.agent_id
+                    && matches!(agent.state.as_str(), "ready" | "draining")
+            })
         });
         if !live {
             return Ok(());
@@ -779,4 +1014,229 @@ pub async fn check_id_is_free(config: &AgentConfig) -> Result<(), String> {
         "agent id {} is in use: another kiln-agent connected to {} with it is alive; give each agent its own --agent-id",
         config.agent_id, config.coordinator
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    //! The session against fake coordinators on loopback gRPC: following a follower's leader
+    //! hint, recording the cluster id, refusing a coordinator of another cluster.
+
+    use std::path::Path;
+    use std::pin::Pin;
+
+    use kiln_proto::endpoints::{CLUSTER_ID_KEY, LEADER_ID_KEY, LEADER_URL_KEY};
+    use kiln_proto::v1::agent_service_server::{AgentService, AgentServiceServer};
+    use kiln_proto::v1::Welcome;
+    use tonic::transport::Server;
+    use tonic::{Request, Response, Status, Streaming};
+
+    use super::*;
+    use crate::executor::fake::FakeRuntime;
+
+    const LIMIT: Duration = Duration::from_secs(20);
+
+    /// What a fake coordinator saw.
+    #[derive(Debug, PartialEq)]
+    enum Seen {
+        /// A session was opened, with this `kiln-cluster-id` metadata.
+        Session(&'static str, Option<String>),
+        /// A heartbeat arrived: the agent accepted the Welcome.
+        Heartbeat(&'static str),
+    }
+
+    enum Role {
+        Follower(String),
+        /// Welcomes every agent with this cluster id (without checking the metadata, as a
+        /// coordinator that predates it would).
+        Leader(&'static str),
+    }
+
+    struct FakeCoordinator {
+        name: &'static str,
+        role: Role,
+        seen: mpsc::Sender<Seen>,
+    }
+
+    type Outbound = Pin<Box<dyn futures::Stream<Item = Result<CoordinatorMessage, Status>> + Send>>;
+
+    #[tonic::async_trait]
+    impl AgentService for FakeCoordinator {
+        type SessionStream = Outbound;
+
+        async fn session(
+            &self,
+            request: Request<Streaming<AgentMessage>>,
+        ) -> Result<Response<Outbound>, Status> {
+            let cluster = request
+                .metadata()
+                .get(CLUSTER_ID_KEY)
+                .and_then(|value| value.to_str().ok())
+                .map(str::to_string);
+            let _ = self.seen.send(Seen::Session(self.name, cluster)).await;
+            let cluster_id = match &self.role {
+                Role::Follower(leader) => {
+                    let mut status = Status::unavailable(format!(
+                        "node 2 is not the leader; the leader is node 1 at {leader}"
+                    ));
+                    status
+                        .metadata_mut()
+                        .insert(LEADER_ID_KEY, "1".parse().expect("ascii"));
+                    status
+                        .metadata_mut()
+                        .insert(LEADER_URL_KEY, leader.parse().expect("ascii"));
+                    return Err(status);
+                }
+                Role::Leader(cluster_id) => cluster_id.to_string(),
+            };
+            let mut inbound = request.into_inner();
+            let (tx, rx) = mpsc::channel(8);
+            let welcome = CoordinatorMessage {
+                msg: Some(coordinator_message::Msg::Welcome(Welcome {
+                    protocol_version: kiln_proto::PROTOCOL_VERSION,
+                    heartbeat_interval_ms: 50,
+                    lost_after_ms: 5_000,
+                    coordinator_version: "test".into(),
+                    cluster_id,
+                })),
+            };
+            tx.send(Ok(welcome)).await.expect("room for the welcome");
+            let seen = self.seen.clone();
+            let name = self.name;
+            tokio::spawn(async move {
+                // Keeps the stream open (tx) while the agent talks; reports heartbeats.
+                let _tx = tx;
+                while let Ok(Some(message)) = inbound.message().await {
+                    if let Some(agent_message::Msg::Heartbeat(_)) = message.msg {
+                        let _ = seen.send(Seen::Heartbeat(name)).await;
+                    }
+                }
+            });
+            Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        }
+    }
+
+    async fn serve(name: &'static str, role: Role, seen: &mpsc::Sender<Seen>) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a loopback port");
+        let address = listener.local_addr().expect("a bound address");
+        let fake = FakeCoordinator {
+            name,
+            role,
+            seen: seen.clone(),
+        };
+        tokio::spawn(
+            Server::builder()
+                .add_service(AgentServiceServer::new(fake))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        format!("http://{address}")
+    }
+
+    struct NoBlobs;
+
+    impl BlobStore for NoBlobs {
+        async fn fetch_context(&self, _: &str, _: &str, _: &Path) -> Result<(), String> {
+            Err("no blobs in this test".into())
+        }
+
+        async fn upload_log(&self, _: &str, _: &Path) -> Result<(String, u64), String> {
+            Err("no blobs in this test".into())
+        }
+    }
+
+    /// Runs an agent of `coordinators` until `until` returns true for what the fakes saw;
+    /// returns everything seen, in order.
+    async fn run_agent(
+        coordinators: String,
+        work_dir: &Path,
+        seen: &mut mpsc::Receiver<Seen>,
+        until: impl Fn(&Seen) -> bool,
+    ) -> Vec<Seen> {
+        let config = AgentConfig::new(coordinators, "unix:///nonexistent", work_dir, "agent-1");
+        let shutdown = CancellationToken::new();
+        let agent = tokio::spawn(crate::run_with(
+            config,
+            FakeRuntime::new(),
+            NoBlobs,
+            Vec::new(),
+            shutdown.clone(),
+        ));
+        let mut log = Vec::new();
+        let waited = tokio::time::timeout(LIMIT, async {
+            while let Some(event) = seen.recv().await {
+                let done = until(&event);
+                log.push(event);
+                if done {
+                    return;
+                }
+            }
+        })
+        .await;
+        shutdown.cancel();
+        let stopped = tokio::time::timeout(LIMIT, agent).await;
+        assert!(waited.is_ok(), "the agent did not get there; saw {log:?}");
+        assert!(matches!(stopped, Ok(Ok(Ok(())))), "{stopped:?}");
+        log
+    }
+
+    #[tokio::test]
+    async fn the_agent_follows_the_leader_hint_and_records_the_cluster_id() {
+        let (seen_tx, mut seen) = mpsc::channel(64);
+        let leader = serve("leader", Role::Leader("00000000000000aa"), &seen_tx).await;
+        let follower = serve("follower", Role::Follower(leader.clone()), &seen_tx).await;
+        let work = tempfile::tempdir().expect("a temporary directory");
+        let log = run_agent(follower, work.path(), &mut seen, |event| {
+            *event == Seen::Heartbeat("leader")
+        })
+        .await;
+        assert_eq!(
+            log[..2],
+            [
+                Seen::Session("follower", None),
+                Seen::Session("leader", None)
+            ]
+        );
+        let recorded = std::fs::read_to_string(work.path().join(CLUSTER_ID_FILE)).unwrap();
+        assert_eq!(recorded, "00000000000000aa\n");
+    }
+
+    #[tokio::test]
+    async fn a_coordinator_of_another_cluster_is_refused_and_the_others_are_tried() {
+        let (seen_tx, mut seen) = mpsc::channel(64);
+        let foreign = serve("foreign", Role::Leader("00000000000000aa"), &seen_tx).await;
+        let ours = serve("ours", Role::Leader("00000000000000bb"), &seen_tx).await;
+        let work = tempfile::tempdir().expect("a temporary directory");
+        std::fs::write(work.path().join(CLUSTER_ID_FILE), "00000000000000bb\n").unwrap();
+        let log = run_agent(
+            format!("{foreign},{ours}"),
+            work.path(),
+            &mut seen,
+            |event| *event == Seen::Heartbeat("ours"),
+        )
+        .await;
+        let recorded = Some("00000000000000bb".to_string());
+        assert_eq!(log[0], Seen::Session("foreign", recorded.clone()));
+        assert!(log.contains(&Seen::Session("ours", recorded)), "{log:?}");
+        assert!(
+            !log.contains(&Seen::Heartbeat("foreign")),
+            "nothing but Hello goes to a coordinator whose Welcome is refused: {log:?}"
+        );
+        let kept = std::fs::read_to_string(work.path().join(CLUSTER_ID_FILE)).unwrap();
+        assert_eq!(kept, "00000000000000bb\n");
+    }
+
+    #[test]
+    fn a_damaged_cluster_id_file_is_ignored() {
+        let work = tempfile::tempdir().expect("a temporary directory");
+        let config = AgentConfig::new("a:1", "unix:///x", work.path(), "agent-1");
+        assert_eq!(read_cluster_id(&config), None);
+        std::fs::write(work.path().join(CLUSTER_ID_FILE), "not hex\n").unwrap();
+        assert_eq!(read_cluster_id(&config), None);
+        write_cluster_id(&work.path().join(CLUSTER_ID_FILE), "00000000000000aa").unwrap();
+        assert_eq!(
+            read_cluster_id(&config).as_deref(),
+            Some("00000000000000aa")
+        );
+    }
 }

@@ -30,8 +30,9 @@ use kiln_state::{scheduler, PlatformSpec};
 use crate::agents::{AgentHello, Agents, AGENT_OUTBOX};
 use crate::control::LivenessConfig;
 use crate::logs::LogHub;
-use crate::raft_node::{now_ms, ProposeError, RaftHandle};
+use crate::raft_node::{now_ms, NotLeader, ProposeError, RaftHandle};
 use crate::stored_logs;
+use crate::transport::cluster_id_text;
 
 /// Longest agent id accepted.
 const MAX_AGENT_ID_BYTES: usize = 128;
@@ -60,17 +61,66 @@ pub struct Api {
 type ChunkStream = Pin<Box<dyn Stream<Item = Result<LogChunk, Status>> + Send>>;
 type CoordinatorStream = Pin<Box<dyn Stream<Item = Result<CoordinatorMessage, Status>> + Send>>;
 
-fn propose_status(error: ProposeError) -> Status {
+pub(crate) fn propose_status(error: ProposeError) -> Status {
     match error {
         ProposeError::Rejected(message) | ProposeError::Stale(message) => {
             Status::failed_precondition(message)
         }
-        ProposeError::NotLeader => Status::unavailable(error.to_string()),
+        ProposeError::NotLeader(not_leader) => not_leader_status(&not_leader),
         ProposeError::Overloaded => Status::resource_exhausted(error.to_string()),
-        ProposeError::ShuttingDown | ProposeError::Timeout(_) => {
+        ProposeError::ShuttingDown | ProposeError::Timeout(_) | ProposeError::LeaderChanged => {
             Status::unavailable(error.to_string())
         }
     }
+}
+
+/// Request metadata: the cluster the client expects (16 hex digits).
+pub const CLUSTER_ID_HEADER: &str = "kiln-cluster-id";
+/// Response metadata of a not-leader answer: the leader's id and client address.
+pub const LEADER_ID_HEADER: &str = "kiln-leader-id";
+pub const LEADER_URL_HEADER: &str = "kiln-leader-url";
+/// Request metadata: a read may be answered from this member's own, possibly stale, state.
+pub const STALE_HEADER: &str = "kiln-stale";
+
+/// UNAVAILABLE, naming the leader in the message and in metadata, so clients go there at once.
+pub(crate) fn not_leader_status(not_leader: &NotLeader) -> Status {
+    let mut status = Status::unavailable(not_leader.to_string());
+    if not_leader.leader_id != 0 {
+        if let Ok(value) = not_leader.leader_id.to_string().parse() {
+            status.metadata_mut().insert(LEADER_ID_HEADER, value);
+        }
+        if let Ok(value) = not_leader.leader_url.parse() {
+            if !not_leader.leader_url.is_empty() {
+                status.metadata_mut().insert(LEADER_URL_HEADER, value);
+            }
+        }
+    }
+    status
+}
+
+/// Refuses requests meant for another cluster. Installed on every client-facing service.
+pub fn cluster_interceptor(
+    cluster_id: u64,
+) -> impl Fn(Request<()>) -> Result<Request<()>, Status> + Clone {
+    let ours = cluster_id_text(cluster_id);
+    move |request: Request<()>| {
+        if let Some(theirs) = request.metadata().get(CLUSTER_ID_HEADER) {
+            let theirs = theirs.to_str().unwrap_or("");
+            if theirs != ours {
+                return Err(Status::failed_precondition(format!(
+                    "this coordinator belongs to cluster {ours}, not {theirs}; check --coordinator"
+                )));
+            }
+        }
+        Ok(request)
+    }
+}
+
+fn wants_stale<T>(request: &Request<T>) -> bool {
+    request
+        .metadata()
+        .get(STALE_HEADER)
+        .is_some_and(|v| matches!(v.to_str(), Ok("1") | Ok("true")))
 }
 
 fn find_run(raft: &RaftHandle, run_id: &str) -> Result<Run, Status> {
@@ -82,16 +132,40 @@ fn find_run(raft: &RaftHandle, run_id: &str) -> Result<Run, Status> {
         })
 }
 
+impl Api {
+    /// Only the leader (that has applied its term's first entry) may act.
+    fn leader_only(&self) -> Result<(), Status> {
+        self.raft
+            .require_leader()
+            .map_err(|not_leader| not_leader_status(&not_leader))
+    }
+
+    /// Before a read: on the leader, confirm leadership with a quorum (ReadIndex) and wait
+    /// until that is applied, so the read is linearizable; with `kiln-stale`, any member
+    /// answers from what it has.
+    async fn read_barrier<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        if wants_stale(request) {
+            return Ok(());
+        }
+        self.leader_only()?;
+        self.raft.linearizable().await.map_err(propose_status)
+    }
+}
+
 #[tonic::async_trait]
 impl Control for Api {
     async fn get_info(
         &self,
         _: Request<GetInfoRequest>,
     ) -> Result<Response<GetInfoResponse>, Status> {
+        let status = self.raft.status();
         Ok(Response::new(GetInfoResponse {
             registry: self.registry.host().to_string(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             agents: self.agents.infos(),
+            cluster_id: cluster_id_text(self.raft.cluster_id),
+            node_id: self.raft.node_id,
+            leader_id: status.leader_id,
         }))
     }
 
@@ -99,10 +173,13 @@ impl Control for Api {
         &self,
         request: Request<SubmitRunRequest>,
     ) -> Result<Response<SubmitRunResponse>, Status> {
-        let mut run_request = request
-            .into_inner()
-            .request
-            .ok_or_else(|| Status::invalid_argument("the request has no run"))?;
+        self.leader_only()?;
+        let SubmitRunRequest {
+            request,
+            request_id,
+        } = request.into_inner();
+        let mut run_request =
+            request.ok_or_else(|| Status::invalid_argument("the request has no run"))?;
         if run_request.registry.is_empty() {
             run_request.registry = self.registry.host().to_string();
         }
@@ -115,6 +192,7 @@ impl Control for Api {
             .raft
             .propose(command::Kind::SubmitRun(SubmitRun {
                 request: Some(run_request),
+                request_id,
             }))
             .await
             .map_err(|error| match error {
@@ -133,6 +211,7 @@ impl Control for Api {
         &self,
         request: Request<GetRunRequest>,
     ) -> Result<Response<GetRunResponse>, Status> {
+        self.read_barrier(&request).await?;
         let run = find_run(&self.raft, &request.into_inner().run_id)?;
         let queued_reason = if run.status() == RunStatus::Queued {
             let views = self.raft.read(|state| {
@@ -157,6 +236,7 @@ impl Control for Api {
         &self,
         request: Request<ListRunsRequest>,
     ) -> Result<Response<ListRunsResponse>, Status> {
+        self.read_barrier(&request).await?;
         let limit = match request.into_inner().limit {
             0 => 20,
             n => (n as usize).min(MAX_LIST),
@@ -171,6 +251,7 @@ impl Control for Api {
         &self,
         request: Request<CancelRunRequest>,
     ) -> Result<Response<CancelRunResponse>, Status> {
+        self.leader_only()?;
         let run_id = request.into_inner().run_id;
         find_run(&self.raft, &run_id)?;
         self.raft
@@ -187,6 +268,7 @@ impl Control for Api {
         &self,
         request: Request<DrainAgentRequest>,
     ) -> Result<Response<DrainAgentResponse>, Status> {
+        self.leader_only()?;
         let DrainAgentRequest { agent_id, drain } = request.into_inner();
         let state = self.agents.set_draining(&agent_id, drain).ok_or_else(|| {
             Status::not_found(format!(
@@ -205,6 +287,9 @@ impl Control for Api {
         &self,
         request: Request<StreamLogsRequest>,
     ) -> Result<Response<ChunkStream>, Status> {
+        // Live output reaches the leader only.
+        self.leader_only()?;
+        self.raft.linearizable().await.map_err(propose_status)?;
         let StreamLogsRequest { run_id, follow } = request.into_inner();
         find_run(&self.raft, &run_id)?;
         let (tx, rx) = mpsc::channel(LOG_STREAM_BUFFER);
@@ -361,6 +446,7 @@ impl AgentService for Api {
         &self,
         request: Request<Streaming<AgentMessage>>,
     ) -> Result<Response<CoordinatorStream>, Status> {
+        self.leader_only()?;
         let mut inbound = request.into_inner();
         let first = inbound.message().await?.ok_or_else(|| {
             Status::invalid_argument("the agent closed the session before saying Hello")
@@ -379,6 +465,7 @@ impl AgentService for Api {
                 heartbeat_interval_ms: self.liveness.heartbeat_interval.as_millis() as u64,
                 lost_after_ms: self.agents.lost_after.as_millis() as u64,
                 coordinator_version: env!("CARGO_PKG_VERSION").to_string(),
+                cluster_id: cluster_id_text(self.raft.cluster_id),
             })),
         };
         tx.try_send(welcome)

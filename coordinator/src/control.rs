@@ -17,7 +17,8 @@ use tokio_util::sync::CancellationToken;
 use kiln_proto::v1::{coordinator_message, Assignment, CancelRun, CoordinatorMessage, StopRun};
 use kiln_state::machine::{is_terminal, run_has_started_a_step, DEFAULT_MAX_ATTEMPTS};
 use kiln_state::pb::{
-    command, AssignRun, FinishRun, Lease, LostAgentPolicy, RequeueRun, Run, RunStatus,
+    command, AssignRun, FinishRun, Lease, LostAgentPolicy, Member, PruneRuns, RequeueRun, Run,
+    RunStatus, SetMember,
 };
 use kiln_state::scheduler;
 
@@ -70,9 +71,34 @@ pub struct Control {
     pub raft: RaftHandle,
     pub agents: Arc<Agents>,
     pub logs: Arc<LogHub>,
-    pub started: Instant,
     pub liveness: LivenessConfig,
+    pub retention: Retention,
+    /// This node's own entry in the address book, recorded when it leads.
+    pub me: Member,
 }
+
+/// Which finished runs the state keeps (their logs stay in the registry either way).
+#[derive(Clone, Copy, Debug)]
+pub struct Retention {
+    pub keep_finished: u64,
+    /// 0: no age limit.
+    pub max_age: Duration,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self {
+            keep_finished: DEFAULT_RETAIN_FINISHED,
+            max_age: Duration::from_secs(DEFAULT_RETAIN_DAYS * 86_400),
+        }
+    }
+}
+
+/// Finished runs kept by default, and for how many days.
+pub const DEFAULT_RETAIN_FINISHED: u64 = 100_000;
+pub const DEFAULT_RETAIN_DAYS: u64 = 90;
+/// How often the leader applies the retention policy.
+const RETENTION_INTERVAL: Duration = Duration::from_secs(60);
 
 /// What to do about one running run this pass.
 #[derive(Debug, PartialEq)]
@@ -84,7 +110,6 @@ enum Decision {
 
 impl Control {
     pub async fn run(self, shutdown: CancellationToken) {
-        self.raft.wait_for_leadership().await;
         // Heartbeats and loss detection run on their own, so a long pass (a deep queue, a slow
         // commit) never delays them.
         tokio::spawn(liveness_loop(
@@ -93,28 +118,91 @@ impl Control {
             shutdown.clone(),
         ));
         let mut applied = self.raft.applied();
+        let mut status = self.raft.status_watch();
         let mut interval = tokio::time::interval(PASS_INTERVAL);
+        // When this node last became the leader: the agent grace and other timers count from
+        // then, not from process start, so a follower promoted after hours does not fail every
+        // running run at once.
+        let mut leading_since: Option<Instant> = None;
+        let mut last_retention = Instant::now();
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = applied.changed() => {}
+                _ = status.changed() => {}
                 _ = self.agents.changed.notified() => {}
                 _ = interval.tick() => {}
             }
-            if self.raft.is_leader() {
-                self.pass().await;
+            if !self.raft.is_leader() {
+                if leading_since.take().is_some() {
+                    // Agents must follow the new leader: end their sessions here, with the
+                    // leader's address in the answer to their reconnect.
+                    tracing::info!("no longer the leader; disconnecting agents");
+                    self.agents.disconnect_all();
+                }
+                continue;
             }
+            let since = *leading_since.get_or_insert_with(|| {
+                tracing::info!(term = self.raft.status().term, "leading: dispatch resumes");
+                Instant::now()
+            });
+            self.pass(since).await;
+            if last_retention.elapsed() >= RETENTION_INTERVAL {
+                last_retention = Instant::now();
+                self.apply_retention().await;
+            }
+            self.record_own_address().await;
         }
     }
 
-    async fn pass(&self) {
+    /// Keeps this leader's addresses in the replicated address book (a directory from before
+    /// clusters had none; addresses change when a member restarts with new flags).
+    async fn record_own_address(&self) {
+        let current = self.raft.read(|state| state.member(self.me.id).cloned());
+        if current.as_ref() == Some(&self.me) {
+            return;
+        }
+        let proposal = command::Kind::SetMember(SetMember {
+            member: Some(self.me.clone()),
+        });
+        if let Err(error) = self.raft.propose(proposal).await {
+            tracing::warn!(%error, "could not record this member's addresses");
+        }
+    }
+
+    async fn apply_retention(&self) {
+        let (finished, oldest) = self.raft.read(|state| {
+            let finished: Vec<u64> = state
+                .runs()
+                .filter(|run| is_terminal(run.status()))
+                .map(|run| run.finished_at_ms)
+                .collect();
+            (finished.len() as u64, finished.iter().min().copied())
+        });
+        let max_age_ms = self.retention.max_age.as_millis() as u64;
+        let too_old =
+            max_age_ms > 0 && oldest.is_some_and(|at| at.saturating_add(max_age_ms) < now_ms());
+        if finished <= self.retention.keep_finished && !too_old {
+            return;
+        }
+        let proposal = command::Kind::PruneRuns(PruneRuns {
+            keep_finished: self.retention.keep_finished,
+            max_age_ms,
+        });
+        match self.raft.propose(proposal).await {
+            Ok(_) => tracing::info!(finished, "applied the run retention policy"),
+            Err(error) => tracing::warn!(%error, "could not apply the run retention policy"),
+        }
+    }
+
+    async fn pass(&self, leading_since: Instant) {
         self.agents.prune();
         self.assign_queued_runs().await;
         let running: Vec<Run> = self
             .raft
             .read(|state| state.running_runs().cloned().collect());
         for run in &running {
-            self.check_running(run).await;
+            self.check_running(run, leading_since).await;
         }
         for run_id in self.logs.open_runs() {
             let finished = self.raft.read(|state| {
@@ -192,7 +280,7 @@ impl Control {
         }
     }
 
-    async fn check_running(&self, run: &Run) {
+    async fn check_running(&self, run: &Run, leading_since: Instant) {
         let liveness = self.agents.liveness(&run.agent_id);
         if let Liveness::Alive { .. } = &liveness {
             if run.cancel_requested && self.agents.first_cancel(&run.agent_id, &run.id) {
@@ -204,7 +292,7 @@ impl Control {
                 self.agents.send(&run.agent_id, message);
             }
         }
-        let decision = decide(run, &liveness, &self.liveness, self.started, now_ms());
+        let decision = decide(run, &liveness, &self.liveness, leading_since, now_ms());
         match decision {
             Decision::Nothing => {}
             Decision::Requeue { reason, unstarted } => self.requeue(run, reason, unstarted).await,
@@ -306,7 +394,7 @@ fn decide(
     run: &Run,
     agent: &Liveness,
     config: &LivenessConfig,
-    coordinator_started: Instant,
+    leading_since: Instant,
     now_ms: u64,
 ) -> Decision {
     let started_a_step = run_has_started_a_step(run);
@@ -352,10 +440,14 @@ fn decide(
                 ),
                 Liveness::Gone { since, .. } => ("disconnected".to_string(), since.elapsed()),
                 _ => (
-                    "was not seen by this coordinator".to_string(),
-                    coordinator_started.elapsed(),
+                    "was not seen by this leader".to_string(),
+                    leading_since.elapsed(),
                 ),
             };
+            // A new leader gives agents time to re-attach before it moves their runs.
+            if matches!(agent, Liveness::Unknown) && leading_since.elapsed() < config.lost_after {
+                return Decision::Nothing;
+            }
             if !started_a_step {
                 return Decision::Requeue {
                     reason: format!("agent {} {how} before any step started", run.agent_id),

@@ -1,34 +1,44 @@
 //! The coordinator's RocksDB database: the Raft log and hard state, and the applied state machine.
 //!
-//! This is the only module that knows RocksDB. Key layout (one column family, prefixed keys):
+//! This is the only module that knows RocksDB. Key layout (one column family, prefixed keys, so
+//! that one `WriteBatch` is atomic across all of them):
 //!
-//! | key                      | value                                   |
-//! |--------------------------|-----------------------------------------|
-//! | `raft/entry/<index:u64be>` | raft-rs `Entry` (protobuf)            |
-//! | `raft/hard-state`        | raft-rs `HardState`                     |
-//! | `raft/conf-state`        | raft-rs `ConfState`                     |
-//! | `state/applied`          | last applied log index (u64 big endian) |
-//! | `state/run/<seq:u64be>`  | `kiln.state.v1.Run` (protobuf)          |
+//! | key                        | value                                              |
+//! |----------------------------|----------------------------------------------------|
+//! | `raft/entry/<index:u64be>` | raft-rs `Entry` (protobuf)                         |
+//! | `raft/hard-state`          | raft-rs `HardState`                                |
+//! | `raft/conf-state`          | raft-rs `ConfState` as of the applied index        |
+//! | `raft/truncated`           | index and term of the last entry compacted away    |
+//! | `raft/identity`            | cluster id and node id (`Identity`)                |
+//! | `state/applied`            | last applied log index (u64 big endian)            |
+//! | `state/meta`               | `kiln.state.v1.StateMeta` (next run number, members) |
+//! | `state/run/<seq:u64be>`    | `kiln.state.v1.Run` (protobuf)                     |
 //!
-//! Every write that must survive a crash is synced: log entries before they count as persisted,
-//! and the applied runs together with the applied index in one atomic batch, so a restart never
-//! applies an entry twice nor loses one.
+//! Each Raft `Ready` is written as ONE synced batch ([`Store::persist`]): new log entries, the
+//! hard state, and what the committed entries changed in the state machine together with the
+//! applied index and configuration. So a crash between any two writes leaves either all of a
+//! Ready or none of it, the applied index never runs ahead of the durable commit index, and a
+//! restart never applies an entry twice nor loses one.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use prost::Message as _;
-use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, StorageError};
 use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions, DB};
 
-use kiln_state::pb::Run;
+use kiln_state::pb::{Run, StateMeta, StateSnapshot};
+use kiln_state::State;
 
 const ENTRY_PREFIX: &[u8] = b"raft/entry/";
 const HARD_STATE_KEY: &[u8] = b"raft/hard-state";
 const CONF_STATE_KEY: &[u8] = b"raft/conf-state";
+const TRUNCATED_KEY: &[u8] = b"raft/truncated";
+const IDENTITY_KEY: &[u8] = b"raft/identity";
 const APPLIED_KEY: &[u8] = b"state/applied";
+const META_KEY: &[u8] = b"state/meta";
 const RUN_PREFIX: &[u8] = b"state/run/";
 
 #[derive(Debug, thiserror::Error)]
@@ -44,12 +54,50 @@ pub enum StoreError {
     Corrupt { key: String, message: String },
 }
 
+/// Which cluster a data directory belongs to, and as which member.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Identity {
+    pub cluster_id: u64,
+    pub node_id: u64,
+}
+
+/// What the state machine changed while applying a batch of committed entries.
+#[derive(Default)]
+pub struct Applied<'a> {
+    pub index: u64,
+    pub runs: Vec<&'a Run>,
+    pub removed_runs: Vec<u64>,
+    pub meta: Option<StateMeta>,
+    pub conf_state: Option<ConfState>,
+}
+
+/// One Ready's worth of writes, made durable together.
+#[derive(Default)]
+pub struct Persist<'a> {
+    pub entries: &'a [Entry],
+    pub hard_state: Option<HardState>,
+    /// A new commit index alone (from a light ready), when `hard_state` is not given.
+    pub commit: Option<u64>,
+    pub applied: Option<Applied<'a>>,
+}
+
+impl Persist<'_> {
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+            && self.hard_state.is_none()
+            && self.commit.is_none()
+            && self.applied.is_none()
+    }
+}
+
 /// A handle on the database; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
     db: Arc<DB>,
-    /// Index of the last Raft entry written (0 when the log is empty).
+    /// Index of the last Raft entry written (the truncated index when the log is empty).
     last_index: Arc<AtomicU64>,
+    /// Index and term of the last entry removed by compaction or covered by a snapshot.
+    truncated: Arc<RwLock<(u64, u64)>>,
 }
 
 impl Store {
@@ -64,67 +112,182 @@ impl Store {
         let store = Self {
             db: Arc::new(db),
             last_index: Arc::new(AtomicU64::new(0)),
+            truncated: Arc::new(RwLock::new((0, 0))),
         };
-        let last = store.scan_last_index()?;
+        let truncated = store.read_truncated()?;
+        *store.truncated.write().unwrap_or_else(|p| p.into_inner()) = truncated;
+        let last = store.scan_last_index()?.max(truncated.0);
         store.last_index.store(last, Ordering::SeqCst);
         Ok(store)
     }
 
-    /// Writes the initial membership on first start: a group whose only voter is `node_id`.
-    /// Does nothing when the database already has a membership.
-    pub fn bootstrap(&self, node_id: u64) -> Result<(), StoreError> {
-        if self.db.get(CONF_STATE_KEY)?.is_some() {
-            return Ok(());
-        }
-        let mut conf_state = ConfState::default();
-        conf_state.set_voters(vec![node_id]);
-        self.put_synced(CONF_STATE_KEY, &encode_raft(&conf_state))
+    /// True when nothing was ever written: no membership, no log.
+    pub fn is_empty(&self) -> Result<bool, StoreError> {
+        Ok(self.db.get(CONF_STATE_KEY)?.is_none()
+            && self.db.get(IDENTITY_KEY)?.is_none()
+            && self.last_index.load(Ordering::SeqCst) == 0)
     }
 
-    /// Appends entries to the log, replacing any conflicting suffix, and syncs.
-    pub fn append(&self, entries: &[Entry]) -> Result<(), StoreError> {
-        let Some(first) = entries.first() else {
+    /// True when the data directory holds a membership (it was part of a cluster).
+    pub fn has_membership(&self) -> Result<bool, StoreError> {
+        Ok(!self.conf_state()?.get_voters().is_empty()
+            || !self.conf_state()?.get_learners().is_empty())
+    }
+
+    pub fn identity(&self) -> Result<Option<Identity>, StoreError> {
+        match self.db.get(IDENTITY_KEY)? {
+            None => Ok(None),
+            Some(bytes) if bytes.len() == 16 => Ok(Some(Identity {
+                cluster_id: u64::from_be_bytes(bytes[..8].try_into().unwrap_or_default()),
+                node_id: u64::from_be_bytes(bytes[8..].try_into().unwrap_or_default()),
+            })),
+            Some(bytes) => Err(StoreError::Corrupt {
+                key: String::from_utf8_lossy(IDENTITY_KEY).into_owned(),
+                message: format!("expected 16 bytes, found {}", bytes.len()),
+            }),
+        }
+    }
+
+    pub fn set_identity(&self, identity: Identity) -> Result<(), StoreError> {
+        let mut value = identity.cluster_id.to_be_bytes().to_vec();
+        value.extend_from_slice(&identity.node_id.to_be_bytes());
+        let mut batch = WriteBatch::default();
+        batch.put(IDENTITY_KEY, value);
+        self.write_synced(batch)
+    }
+
+    /// Starts the data directory over from `snapshot` at (`index`, `term`) with `conf_state`:
+    /// a new cluster (every initial member writes the same), a restore from a backup, or a
+    /// survivor forced into a cluster of one. Everything else in it is replaced.
+    pub fn initialize(
+        &self,
+        identity: Identity,
+        conf_state: &ConfState,
+        snapshot: &StateSnapshot,
+        index: u64,
+        term: u64,
+    ) -> Result<(), StoreError> {
+        let mut batch = WriteBatch::default();
+        self.clear_log_and_runs(&mut batch);
+        let mut value = identity.cluster_id.to_be_bytes().to_vec();
+        value.extend_from_slice(&identity.node_id.to_be_bytes());
+        batch.put(IDENTITY_KEY, value);
+        let mut hard_state = HardState::default();
+        hard_state.set_term(term);
+        hard_state.set_commit(index);
+        batch.put(HARD_STATE_KEY, encode_raft(&hard_state));
+        batch.put(CONF_STATE_KEY, encode_raft(conf_state));
+        batch.put(TRUNCATED_KEY, encode_pair(index, term));
+        batch.put(APPLIED_KEY, index.to_be_bytes());
+        put_snapshot_state(&mut batch, snapshot);
+        self.write_synced(batch)?;
+        *self.truncated.write().unwrap_or_else(|p| p.into_inner()) = (index, term);
+        self.last_index.store(index, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Writes one Ready: entries (replacing any conflicting suffix), hard state or commit
+    /// index, and the applied state, in one synced batch.
+    pub fn persist(&self, persist: Persist<'_>) -> Result<(), StoreError> {
+        if persist.is_empty() {
             return Ok(());
-        };
+        }
         let mut batch = WriteBatch::default();
         let old_last = self.last_index.load(Ordering::SeqCst);
-        let new_last = entries.last().map_or(old_last, Entry::get_index);
-        // Entries after the new ones belong to an abandoned term: remove them.
-        for index in new_last.saturating_add(1)..=old_last {
-            batch.delete(entry_key(index));
+        let mut new_last = old_last;
+        if let Some(last) = persist.entries.last() {
+            new_last = last.get_index();
+            // Entries after the new ones belong to an abandoned term: remove them.
+            for index in new_last.saturating_add(1)..=old_last {
+                batch.delete(entry_key(index));
+            }
+            for entry in persist.entries {
+                batch.put(entry_key(entry.get_index()), encode_raft(entry));
+            }
         }
-        for entry in entries {
-            batch.put(entry_key(entry.get_index()), encode_raft(entry));
+        match (persist.hard_state, persist.commit) {
+            (Some(hard_state), _) => batch.put(HARD_STATE_KEY, encode_raft(&hard_state)),
+            (None, Some(commit)) => {
+                let mut hard_state = self.hard_state()?;
+                hard_state.set_commit(commit);
+                batch.put(HARD_STATE_KEY, encode_raft(&hard_state));
+            }
+            (None, None) => {}
+        }
+        if let Some(applied) = persist.applied {
+            for run in &applied.runs {
+                batch.put(run_key(run.seq), run.encode_to_vec());
+            }
+            for seq in &applied.removed_runs {
+                batch.delete(run_key(*seq));
+            }
+            if let Some(meta) = &applied.meta {
+                batch.put(META_KEY, meta.encode_to_vec());
+            }
+            if let Some(conf_state) = &applied.conf_state {
+                batch.put(CONF_STATE_KEY, encode_raft(conf_state));
+            }
+            batch.put(APPLIED_KEY, applied.index.to_be_bytes());
         }
         self.write_synced(batch)?;
-        debug_assert!(first.get_index() >= 1);
         self.last_index.store(new_last, Ordering::SeqCst);
         Ok(())
     }
 
-    pub fn set_hard_state(&self, hard_state: &HardState) -> Result<(), StoreError> {
-        self.put_synced(HARD_STATE_KEY, &encode_raft(hard_state))
-    }
-
-    /// Records a new commit index in the hard state.
-    pub fn set_commit(&self, commit: u64) -> Result<(), StoreError> {
-        let mut hard_state = self.hard_state()?;
-        hard_state.set_commit(commit);
-        self.set_hard_state(&hard_state)
-    }
-
-    pub fn set_conf_state(&self, conf_state: &ConfState) -> Result<(), StoreError> {
-        self.put_synced(CONF_STATE_KEY, &encode_raft(conf_state))
-    }
-
-    /// Persists the runs an applied entry changed, together with its index, atomically.
-    pub fn save_applied(&self, applied: u64, runs: &[&Run]) -> Result<(), StoreError> {
+    /// Replaces the log and the state machine with a snapshot received from the leader.
+    pub fn apply_snapshot(
+        &self,
+        metadata: &SnapshotMetadata,
+        state: &StateSnapshot,
+        hard_state: Option<&HardState>,
+    ) -> Result<(), StoreError> {
+        let index = metadata.get_index();
+        let term = metadata.get_term();
         let mut batch = WriteBatch::default();
-        for run in runs {
-            batch.put(run_key(run.seq), run.encode_to_vec());
+        self.clear_log_and_runs(&mut batch);
+        let mut hs = match hard_state {
+            Some(hs) => hs.clone(),
+            None => self.hard_state()?,
+        };
+        if hs.get_commit() < index {
+            hs.set_commit(index);
         }
-        batch.put(APPLIED_KEY, applied.to_be_bytes());
-        self.write_synced(batch)
+        if hs.get_term() < term {
+            hs.set_term(term);
+        }
+        batch.put(HARD_STATE_KEY, encode_raft(&hs));
+        batch.put(CONF_STATE_KEY, encode_raft(metadata.get_conf_state()));
+        batch.put(TRUNCATED_KEY, encode_pair(index, term));
+        batch.put(APPLIED_KEY, index.to_be_bytes());
+        put_snapshot_state(&mut batch, state);
+        self.write_synced(batch)?;
+        *self.truncated.write().unwrap_or_else(|p| p.into_inner()) = (index, term);
+        self.last_index.store(index, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Removes log entries up to and including `index` (which must be applied).
+    pub fn compact(&self, index: u64) -> Result<(), StoreError> {
+        let (truncated, _) = self.truncated();
+        let last = self.last_index.load(Ordering::SeqCst);
+        if index <= truncated || index > last {
+            return Ok(());
+        }
+        let term = match self.entry(index)? {
+            Some(entry) => entry.get_term(),
+            None => return Ok(()),
+        };
+        let mut batch = WriteBatch::default();
+        batch.delete_range(entry_key(truncated + 1), entry_key(index + 1));
+        batch.put(TRUNCATED_KEY, encode_pair(index, term));
+        self.write_synced(batch)?;
+        *self.truncated.write().unwrap_or_else(|p| p.into_inner()) = (index, term);
+        Ok(())
+    }
+
+    /// Index and term of the last entry compacted away (0, 0 when none).
+    pub fn truncated(&self) -> (u64, u64) {
+        *self.truncated.read().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn applied_index(&self) -> Result<u64, StoreError> {
@@ -132,6 +295,20 @@ impl Store {
             None => Ok(0),
             Some(bytes) => decode_u64(APPLIED_KEY, &bytes),
         }
+    }
+
+    /// Loads the applied state machine.
+    pub fn load_state(&self) -> Result<State, StoreError> {
+        let meta = match self.db.get(META_KEY)? {
+            None => StateMeta::default(),
+            Some(bytes) => {
+                StateMeta::decode(bytes.as_slice()).map_err(|e| StoreError::Corrupt {
+                    key: String::from_utf8_lossy(META_KEY).into_owned(),
+                    message: e.to_string(),
+                })?
+            }
+        };
+        Ok(State::from_parts(meta, self.load_runs()?))
     }
 
     /// Every persisted run, oldest first.
@@ -154,18 +331,26 @@ impl Store {
         Ok(runs)
     }
 
-    fn hard_state(&self) -> Result<HardState, StoreError> {
+    pub fn hard_state(&self) -> Result<HardState, StoreError> {
         match self.db.get(HARD_STATE_KEY)? {
             None => Ok(HardState::default()),
             Some(bytes) => decode_raft(HARD_STATE_KEY, &bytes),
         }
     }
 
-    fn conf_state(&self) -> Result<ConfState, StoreError> {
+    pub fn conf_state(&self) -> Result<ConfState, StoreError> {
         match self.db.get(CONF_STATE_KEY)? {
             None => Ok(ConfState::default()),
             Some(bytes) => decode_raft(CONF_STATE_KEY, &bytes),
         }
+    }
+
+    /// Writes a conf state by itself (used once, to turn a legacy single-node directory into
+    /// a cluster of one, and by tests).
+    pub fn set_conf_state(&self, conf_state: &ConfState) -> Result<(), StoreError> {
+        let mut batch = WriteBatch::default();
+        batch.put(CONF_STATE_KEY, encode_raft(conf_state));
+        self.write_synced(batch)
     }
 
     fn entry(&self, index: u64) -> Result<Option<Entry>, StoreError> {
@@ -173,6 +358,28 @@ impl Store {
         match self.db.get(&key)? {
             None => Ok(None),
             Some(bytes) => decode_raft(&key, &bytes).map(Some),
+        }
+    }
+
+    fn clear_log_and_runs(&self, batch: &mut WriteBatch) {
+        batch.delete_range(entry_key(0), entry_key(u64::MAX));
+        batch.delete(entry_key(u64::MAX));
+        let mut runs_end = RUN_PREFIX.to_vec();
+        runs_end.extend_from_slice(&[0xff; 9]);
+        batch.delete_range(RUN_PREFIX.to_vec(), runs_end);
+    }
+
+    fn read_truncated(&self) -> Result<(u64, u64), StoreError> {
+        match self.db.get(TRUNCATED_KEY)? {
+            None => Ok((0, 0)),
+            Some(bytes) if bytes.len() == 16 => Ok((
+                decode_u64(TRUNCATED_KEY, &bytes[..8])?,
+                decode_u64(TRUNCATED_KEY, &bytes[8..])?,
+            )),
+            Some(bytes) => Err(StoreError::Corrupt {
+                key: String::from_utf8_lossy(TRUNCATED_KEY).into_owned(),
+                message: format!("expected 16 bytes, found {}", bytes.len()),
+            }),
         }
     }
 
@@ -195,12 +402,6 @@ impl Store {
         }
     }
 
-    fn put_synced(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
-        let mut batch = WriteBatch::default();
-        batch.put(key, value);
-        self.write_synced(batch)
-    }
-
     fn write_synced(&self, batch: WriteBatch) -> Result<(), StoreError> {
         let mut options = WriteOptions::default();
         options.set_sync(true);
@@ -209,13 +410,59 @@ impl Store {
     }
 }
 
-/// raft-rs reads the log through this trait. The log is never compacted yet (see
-/// ARCHITECTURE.md), so the first index is always 1.
-impl raft::Storage for Store {
+fn put_snapshot_state(batch: &mut WriteBatch, snapshot: &StateSnapshot) {
+    for run in &snapshot.runs {
+        batch.put(run_key(run.seq), run.encode_to_vec());
+    }
+    batch.put(
+        META_KEY,
+        snapshot.meta.clone().unwrap_or_default().encode_to_vec(),
+    );
+}
+
+/// raft-rs reads the log through this: the [`Store`], plus the applied in-memory state from
+/// which snapshots are cut.
+#[derive(Clone)]
+pub struct RaftStorage {
+    pub store: Store,
+    pub state: Arc<RwLock<State>>,
+}
+
+impl RaftStorage {
+    /// A snapshot of the applied state (taken on the Raft thread, so the in-memory state, the
+    /// applied index and the configuration agree).
+    pub fn build_snapshot(&self) -> Result<Snapshot, StoreError> {
+        let applied = self.store.applied_index()?;
+        let term = match self.store.entry(applied)? {
+            Some(entry) => entry.get_term(),
+            None => {
+                let (index, term) = self.store.truncated();
+                if index == applied {
+                    term
+                } else {
+                    0
+                }
+            }
+        };
+        let data = {
+            let state = self.state.read().unwrap_or_else(|p| p.into_inner());
+            state.snapshot().encode_to_vec()
+        };
+        let mut snapshot = Snapshot::default();
+        snapshot.set_data(data.into());
+        let metadata = snapshot.mut_metadata();
+        metadata.set_index(applied);
+        metadata.set_term(term);
+        metadata.set_conf_state(self.store.conf_state()?);
+        Ok(snapshot)
+    }
+}
+
+impl raft::Storage for RaftStorage {
     fn initial_state(&self) -> raft::Result<RaftState> {
         Ok(RaftState {
-            hard_state: self.hard_state().map_err(other)?,
-            conf_state: self.conf_state().map_err(other)?,
+            hard_state: self.store.hard_state().map_err(other)?,
+            conf_state: self.store.conf_state().map_err(other)?,
         })
     }
 
@@ -226,47 +473,63 @@ impl raft::Storage for Store {
         max_size: impl Into<Option<u64>>,
         _context: GetEntriesContext,
     ) -> raft::Result<Vec<Entry>> {
-        let last = self.last_index.load(Ordering::SeqCst);
-        if low < 1 {
+        let (truncated, _) = self.store.truncated();
+        let last = self.store.last_index.load(Ordering::SeqCst);
+        if low <= truncated {
             return Err(raft::Error::Store(StorageError::Compacted));
         }
         if high > last + 1 {
             return Err(raft::Error::Store(StorageError::Unavailable));
         }
-        let mut entries = Vec::with_capacity((high - low) as usize);
+        let max_size = max_size.into();
+        let mut entries = Vec::with_capacity((high - low).min(1024) as usize);
+        let mut size = 0u64;
         for index in low..high {
-            match self.entry(index).map_err(other)? {
-                Some(entry) => entries.push(entry),
+            match self.store.entry(index).map_err(other)? {
+                Some(entry) => {
+                    size += u64::from(protobuf::Message::compute_size(&entry));
+                    entries.push(entry);
+                    if max_size.is_some_and(|max| size > max) {
+                        break;
+                    }
+                }
                 None => return Err(raft::Error::Store(StorageError::Unavailable)),
             }
         }
-        raft::util::limit_size(&mut entries, max_size.into());
+        raft::util::limit_size(&mut entries, max_size);
         Ok(entries)
     }
 
     fn term(&self, index: u64) -> raft::Result<u64> {
-        if index == 0 {
-            return Ok(0);
+        let (truncated, truncated_term) = self.store.truncated();
+        if index == truncated {
+            return Ok(truncated_term);
         }
-        match self.entry(index).map_err(other)? {
+        if index < truncated {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        match self.store.entry(index).map_err(other)? {
             Some(entry) => Ok(entry.get_term()),
             None => Err(raft::Error::Store(StorageError::Unavailable)),
         }
     }
 
     fn first_index(&self) -> raft::Result<u64> {
-        Ok(1)
+        Ok(self.store.truncated().0 + 1)
     }
 
     fn last_index(&self) -> raft::Result<u64> {
-        Ok(self.last_index.load(Ordering::SeqCst))
+        Ok(self.store.last_index.load(Ordering::SeqCst))
     }
 
-    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        // The log is never compacted, so a follower can always catch up from entries.
-        Err(raft::Error::Store(
-            StorageError::SnapshotTemporarilyUnavailable,
-        ))
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        let snapshot = self.build_snapshot().map_err(other)?;
+        if snapshot.get_metadata().get_index() < request_index {
+            return Err(raft::Error::Store(
+                StorageError::SnapshotTemporarilyUnavailable,
+            ));
+        }
+        Ok(snapshot)
     }
 }
 
@@ -282,7 +545,13 @@ fn run_key(seq: u64) -> Vec<u8> {
     key
 }
 
-fn encode_raft(message: &impl protobuf::Message) -> Vec<u8> {
+fn encode_pair(a: u64, b: u64) -> Vec<u8> {
+    let mut value = a.to_be_bytes().to_vec();
+    value.extend_from_slice(&b.to_be_bytes());
+    value
+}
+
+pub fn encode_raft(message: &impl protobuf::Message) -> Vec<u8> {
     message
         .write_to_bytes()
         .expect("encoding an in-memory raft message cannot fail")
@@ -321,33 +590,159 @@ mod tests {
         entry
     }
 
+    fn raft_storage(store: &Store) -> RaftStorage {
+        RaftStorage {
+            store: store.clone(),
+            state: Arc::new(RwLock::new(store.load_state().unwrap())),
+        }
+    }
+
     #[test]
     fn log_survives_reopen_and_conflicting_suffix_is_replaced() {
         let dir = tempfile::tempdir().unwrap();
         {
             let store = Store::open(dir.path()).unwrap();
-            store.bootstrap(1).unwrap();
+            let mut conf_state = ConfState::default();
+            conf_state.set_voters(vec![1]);
+            store.set_conf_state(&conf_state).unwrap();
             store
-                .append(&[entry(1, 1), entry(2, 1), entry(3, 1)])
+                .persist(Persist {
+                    entries: &[entry(1, 1), entry(2, 1), entry(3, 1)],
+                    ..Persist::default()
+                })
                 .unwrap();
-            store.append(&[entry(2, 2)]).unwrap();
             let run = Run {
                 id: "ca1".into(),
                 seq: 1,
                 ..Run::default()
             };
-            store.save_applied(2, &[&run]).unwrap();
+            store
+                .persist(Persist {
+                    entries: &[entry(2, 2)],
+                    applied: Some(Applied {
+                        index: 2,
+                        runs: vec![&run],
+                        ..Applied::default()
+                    }),
+                    ..Persist::default()
+                })
+                .unwrap();
         }
         let store = Store::open(dir.path()).unwrap();
-        assert_eq!(store.last_index().unwrap(), 2);
-        assert_eq!(store.term(2).unwrap(), 2);
-        assert!(store.term(3).is_err());
-        let entries = store
+        let storage = raft_storage(&store);
+        assert_eq!(storage.last_index().unwrap(), 2);
+        assert_eq!(storage.term(2).unwrap(), 2);
+        assert!(storage.term(3).is_err());
+        let entries = storage
             .entries(1, 3, None, GetEntriesContext::empty(false))
             .unwrap();
         assert_eq!(entries.len(), 2);
         assert_eq!(store.applied_index().unwrap(), 2);
         assert_eq!(store.load_runs().unwrap()[0].id, "ca1");
-        assert_eq!(store.initial_state().unwrap().conf_state.get_voters(), &[1]);
+        assert_eq!(
+            storage.initial_state().unwrap().conf_state.get_voters(),
+            &[1]
+        );
+    }
+
+    #[test]
+    fn compaction_keeps_the_term_of_the_last_compacted_entry_and_reports_compacted_below() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let entries: Vec<_> = (1..=10).map(|i| entry(i, 1 + i / 5)).collect();
+        store
+            .persist(Persist {
+                entries: &entries,
+                applied: Some(Applied {
+                    index: 10,
+                    ..Applied::default()
+                }),
+                ..Persist::default()
+            })
+            .unwrap();
+        store.compact(6).unwrap();
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        let storage = raft_storage(&store);
+        assert_eq!(storage.first_index().unwrap(), 7);
+        assert_eq!(storage.last_index().unwrap(), 10);
+        assert_eq!(storage.term(6).unwrap(), 2);
+        assert!(matches!(
+            storage.term(5),
+            Err(raft::Error::Store(StorageError::Compacted))
+        ));
+        assert!(matches!(
+            storage.entries(6, 8, None, GetEntriesContext::empty(false)),
+            Err(raft::Error::Store(StorageError::Compacted))
+        ));
+        assert_eq!(
+            storage
+                .entries(7, 11, None, GetEntriesContext::empty(false))
+                .unwrap()
+                .len(),
+            4
+        );
+    }
+
+    #[test]
+    fn an_initialized_store_starts_at_its_snapshot_and_a_received_snapshot_replaces_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert!(store.is_empty().unwrap());
+        let mut conf_state = ConfState::default();
+        conf_state.set_voters(vec![1, 2, 3]);
+        let identity = Identity {
+            cluster_id: 0xabc,
+            node_id: 2,
+        };
+        store
+            .initialize(identity, &conf_state, &StateSnapshot::default(), 5, 5)
+            .unwrap();
+        let storage = raft_storage(&store);
+        assert_eq!(storage.first_index().unwrap(), 6);
+        assert_eq!(storage.last_index().unwrap(), 5);
+        assert_eq!(storage.term(5).unwrap(), 5);
+        assert_eq!(store.identity().unwrap(), Some(identity));
+        store
+            .persist(Persist {
+                entries: &[entry(6, 5), entry(7, 5)],
+                ..Persist::default()
+            })
+            .unwrap();
+
+        let run = Run {
+            id: "ca9".into(),
+            seq: 9,
+            ..Run::default()
+        };
+        let snapshot_state = StateSnapshot {
+            meta: Some(StateMeta {
+                next_seq: 10,
+                members: vec![],
+            }),
+            runs: vec![run],
+        };
+        let mut metadata = SnapshotMetadata::default();
+        metadata.set_index(20);
+        metadata.set_term(7);
+        metadata.set_conf_state(conf_state);
+        store
+            .apply_snapshot(&metadata, &snapshot_state, None)
+            .unwrap();
+        drop(storage);
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        let storage = raft_storage(&store);
+        assert_eq!(storage.first_index().unwrap(), 21);
+        assert_eq!(storage.last_index().unwrap(), 20);
+        assert_eq!(storage.term(20).unwrap(), 7);
+        assert_eq!(store.applied_index().unwrap(), 20);
+        assert_eq!(store.hard_state().unwrap().get_commit(), 20);
+        let state = store.load_state().unwrap();
+        assert_eq!(state.run_count(), 1);
+        assert_eq!(state.meta().next_seq, 10);
+        let built = storage.build_snapshot().unwrap();
+        assert_eq!(built.get_metadata().get_index(), 20);
+        assert_eq!(built.get_metadata().get_term(), 7);
     }
 }

@@ -39,18 +39,38 @@ struct Coordinator {
 }
 
 async fn start(data_dir: &std::path::Path) -> Coordinator {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = format!("http://{}", listener.local_addr().unwrap());
+    let client = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let peer = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = format!("http://{}", client.local_addr().unwrap());
     let config = kiln_coordinator::Config {
-        listen: listener.local_addr().unwrap(),
+        listen: client.local_addr().unwrap(),
+        peer_listen: peer.local_addr().unwrap(),
+        http_listen: None,
         data_dir: data_dir.to_path_buf(),
         // Never contacted: no step here stores a log blob.
         registry: "127.0.0.1:1".to_string(),
-        node_id: 1,
+        membership: kiln_coordinator::cluster::Membership {
+            node_id: 1,
+            peer_url: String::new(),
+            client_url: String::new(),
+            initial_members: Vec::new(),
+            initial_state: kiln_coordinator::cluster::InitialClusterState::New,
+            cluster_token: "test".to_string(),
+            join: None,
+            restore: None,
+            force_new_cluster: false,
+        },
+        raft: Default::default(),
         liveness: liveness(),
+        retention: Default::default(),
     };
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(kiln_coordinator::serve(listener, config, shutdown.clone()));
+    let listeners = kiln_coordinator::Listeners {
+        client,
+        peer,
+        http: None,
+    };
+    let task = tokio::spawn(kiln_coordinator::serve(listeners, config, shutdown.clone()));
     Coordinator {
         address,
         shutdown,
@@ -283,6 +303,7 @@ async fn submit(control: &mut ControlClient<tonic::transport::Channel>, arch: &s
     control
         .submit_run(SubmitRunRequest {
             request: Some(request(arch)),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -787,6 +808,7 @@ async fn bad_requests_and_unknown_runs_get_clear_errors() {
     let error = control
         .submit_run(SubmitRunRequest {
             request: Some(bad.clone()),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -799,7 +821,10 @@ async fn bad_requests_and_unknown_runs_get_clear_errors() {
     bad = request("amd64");
     bad.task_yaml = String::new();
     let error = control
-        .submit_run(SubmitRunRequest { request: Some(bad) })
+        .submit_run(SubmitRunRequest {
+            request: Some(bad),
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert!(
@@ -812,6 +837,7 @@ async fn bad_requests_and_unknown_runs_get_clear_errors() {
     let error = control
         .submit_run(SubmitRunRequest {
             request: Some(long),
+            ..Default::default()
         })
         .await
         .unwrap_err();

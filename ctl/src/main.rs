@@ -13,17 +13,20 @@ use commands::{build, logs, run, runs};
 
 /// kiln: build container images and run task files on your own build farm.
 ///
-/// Talks to the coordinator at --coordinator (default: the local farm that deploy/local/up.sh
+/// Talks to the coordinators at --coordinator (default: the local farm that deploy/local/up.sh
 /// starts).
 #[derive(Parser, Debug)]
 #[command(name = "kiln", version)]
 struct Cli {
-    /// The coordinator's gRPC address.
+    /// The coordinators' gRPC addresses: a comma-separated list of HOST:PORT or http://
+    /// URLs, any members of the cluster (calls follow the leader and skip members that are
+    /// down).
     #[arg(
         long,
         global = true,
         env = "KILN_COORDINATOR",
-        default_value = "http://127.0.0.1:7878"
+        default_value = "http://127.0.0.1:7878",
+        value_name = "ENDPOINTS"
     )]
     coordinator: String,
     #[command(subcommand)]
@@ -46,6 +49,10 @@ enum Command {
         #[command(subcommand)]
         command: Option<commands::agents::AgentsCommand>,
     },
+    /// Shows the coordinator cluster's members and health; adds, removes members, moves the
+    /// leadership; saves snapshots of the state.
+    #[command(subcommand)]
+    Cluster(commands::cluster::ClusterCommand),
     /// Validates, renders and plans task files offline (no farm needed).
     #[command(subcommand)]
     Task(Box<task::TaskCommand>),
@@ -72,6 +79,7 @@ fn main() -> ExitCode {
             Command::Runs(command) => runs::run(&coordinator, command).await,
             Command::Logs(args) => logs::run(&coordinator, args).await,
             Command::Agents { command } => commands::agents::run(&coordinator, command).await,
+            Command::Cluster(command) => commands::cluster::run(&coordinator, command).await,
             Command::Task(command) => task::run(*command),
         }
     });

@@ -30,6 +30,8 @@ pub struct Farm {
     pub address: String,
     pub agent_id: String,
     port: u16,
+    /// The coordinator's Raft peer port (a cluster of one still listens for peers).
+    peer_port: u16,
     coordinator: Option<Child>,
     agent: Option<Child>,
     /// Extra flags for every start of the agent.
@@ -97,6 +99,7 @@ impl Farm {
             address: format!("http://127.0.0.1:{port}"),
             agent_id: unique("agent"),
             port,
+            peer_port: free_port(),
             coordinator: None,
             agent: None,
             agent_args: agent_args.to_vec(),
@@ -118,6 +121,8 @@ impl Farm {
     pub fn start_coordinator(&mut self) {
         let child = Command::new(self.bin_dir.join("kiln-coordinator"))
             .args(["--listen", &format!("127.0.0.1:{}", self.port)])
+            .args(["--peer-listen", &format!("127.0.0.1:{}", self.peer_port)])
+            .args(["--http-listen", "off", "--initial-cluster-state", "new"])
             .arg("--data-dir")
             .arg(self.dir.path().join("coordinator"))
             .args(["--registry", &self.registry])

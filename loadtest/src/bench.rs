@@ -75,6 +75,7 @@ async fn submit_many(
             let response = client
                 .submit_run(SubmitRunRequest {
                     request: Some(request),
+                    request_id: String::new(),
                 })
                 .await;
             drop(permit);
@@ -497,6 +498,7 @@ async fn lone_run(
     let submitted = client
         .submit_run(SubmitRunRequest {
             request: Some(request),
+            request_id: String::new(),
         })
         .await;
     match submitted {

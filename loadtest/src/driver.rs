@@ -11,18 +11,123 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
+use tonic::{Response, Status};
 
+use kiln_proto::endpoints::{self, Connection, Endpoints, Settings};
 use kiln_proto::v1::control_client::ControlClient;
 use kiln_proto::v1::{
-    CancelRunRequest, GetInfoRequest, GetInfoResponse, GetRunRequest, SubmitRunRequest,
+    CancelRunRequest, CancelRunResponse, GetInfoRequest, GetInfoResponse, GetRunRequest,
+    GetRunResponse, LogChunk, StreamLogsRequest, SubmitRunRequest, SubmitRunResponse,
 };
 use kiln_state::machine::is_terminal;
 use kiln_state::pb::{RunRequest, RunStatus};
 
 use crate::outcome::{queue_time, Attempt, FinishedRun, Outcome, RunEnd, StopCause, SubmittedRun};
 
-pub type Client = ControlClient<Channel>;
+/// The farm's Control API through [`Endpoints`]: every call follows the leader and rotates
+/// over unavailable members (for up to 15 s), like the `kiln` CLI. Cheap to clone; clones
+/// share the leader found and the cluster id learned.
+#[derive(Clone, Debug)]
+pub struct Client {
+    endpoints: Endpoints,
+}
+
+fn control(connection: Connection) -> ControlClient<Connection> {
+    ControlClient::new(connection)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES)
+}
+
+impl Client {
+    /// A client of the comma-separated endpoint list `address`.
+    pub fn new(address: &str) -> anyhow::Result<Client> {
+        let endpoints = Endpoints::with_settings(
+            address,
+            Settings {
+                connect_timeout: CONNECT_TIMEOUT,
+                request_timeout: Some(RPC_TIMEOUT),
+                tcp_nodelay: true,
+                ..Settings::default()
+            },
+        )?;
+        Ok(Client { endpoints })
+    }
+
+    pub fn endpoints(&self) -> &Endpoints {
+        &self.endpoints
+    }
+
+    /// Submits a run. A request without `request_id` gets one, so the retries of this one
+    /// submission (after a leader change) make one run.
+    pub async fn submit_run(
+        &mut self,
+        mut request: SubmitRunRequest,
+    ) -> Result<Response<SubmitRunResponse>, Status> {
+        if request.request_id.is_empty() {
+            request.request_id = endpoints::random_id();
+        }
+        let request = &request;
+        self.endpoints
+            .call(|conn| async move { control(conn).submit_run(request.clone()).await })
+            .await
+            .map_err(|error| error.status)
+    }
+
+    pub async fn get_run(
+        &mut self,
+        request: GetRunRequest,
+    ) -> Result<Response<GetRunResponse>, Status> {
+        let request = &request;
+        self.endpoints
+            .call(|conn| async move { control(conn).get_run(request.clone()).await })
+            .await
+            .map_err(|error| error.status)
+    }
+
+    pub async fn cancel_run(
+        &mut self,
+        request: CancelRunRequest,
+    ) -> Result<Response<CancelRunResponse>, Status> {
+        let request = &request;
+        self.endpoints
+            .call(|conn| async move { control(conn).cancel_run(request.clone()).await })
+            .await
+            .map_err(|error| error.status)
+    }
+
+    pub async fn stream_logs(
+        &mut self,
+        request: StreamLogsRequest,
+    ) -> Result<Response<tonic::Streaming<LogChunk>>, Status> {
+        let request = &request;
+        self.endpoints
+            .call(|conn| async move { control(conn).stream_logs(request.clone()).await })
+            .await
+            .map_err(|error| error.status)
+    }
+
+    /// `GetInfo`; learns the cluster id, so that every later call is refused by a member of
+    /// another cluster.
+    pub async fn get_info(&mut self) -> Result<GetInfoResponse, endpoints::CallError> {
+        let info = self
+            .endpoints
+            .call(|conn| async move {
+                control(conn)
+                    .get_info(GetInfoRequest {})
+                    .await
+                    .map(Response::into_inner)
+            })
+            .await?;
+        if let Err(mismatch) = self.endpoints.learn_cluster_id(&info.cluster_id) {
+            return Err(endpoints::CallError {
+                status: Status::failed_precondition(mismatch.to_string()),
+                endpoint: self.endpoints.preferred(),
+                gave_up_after: None,
+            });
+        }
+        Ok(info)
+    }
+}
 
 /// How long to wait for the coordinator to accept the connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -75,31 +180,21 @@ pub struct LoadResult {
     pub canceled: u32,
 }
 
-/// Connects to the coordinator at `address` and reads what the farm is, which also proves it
-/// answers.
+/// Connects to the coordinators at `address` (a comma-separated list of members) and reads
+/// what the farm is, which also proves one answers.
 pub async fn connect(address: &str) -> anyhow::Result<(Client, GetInfoResponse)> {
-    let endpoint = Endpoint::from_shared(address.to_string())
-        .map_err(|_| anyhow!("'{address}' is not a coordinator address: use http://HOST:PORT"))?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .timeout(RPC_TIMEOUT)
-        .tcp_nodelay(true);
-    let unreachable = |detail: String| {
+    let mut client = Client::new(address)?;
+    let info = client.get_info().await.map_err(|error| {
+        let detail = if endpoints::is_transport(&error.status) {
+            error.detail()
+        } else {
+            status_line(&error.status)
+        };
         anyhow!(
-            "cannot reach the kiln coordinator at {address} ({detail}): start the local farm with deploy/local/up.sh, or pass --coordinator"
+            "cannot reach the kiln coordinator at {} ({detail}): start the local farm with deploy/local/up.sh, or pass --coordinator",
+            client.endpoints().describe()
         )
-    };
-    let channel = endpoint
-        .connect()
-        .await
-        .map_err(|error| unreachable(root_cause(&error)))?;
-    let mut client = ControlClient::new(channel)
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let info = client
-        .get_info(GetInfoRequest {})
-        .await
-        .map_err(|status| unreachable(status_line(&status)))?
-        .into_inner();
+    })?;
     Ok((client, info))
 }
 
@@ -235,6 +330,7 @@ async fn follow_run(
         .clone()
         .submit_run(SubmitRunRequest {
             request: Some(shared.request.clone()),
+            request_id: endpoints::random_id(),
         })
         .await;
     let submit_latency = sent.elapsed();
@@ -408,14 +504,6 @@ fn status_line(status: &tonic::Status) -> String {
     } else {
         format!("{:?}: {message}", status.code())
     }
-}
-
-fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut current = error;
-    while let Some(next) = current.source() {
-        current = next;
-    }
-    current.to_string()
 }
 
 fn wall_clock_ms() -> u64 {

@@ -420,6 +420,7 @@ impl Submitted {
         let run_id = client
             .submit_run(SubmitRunRequest {
                 request: Some(request),
+                request_id: String::new(),
             })
             .await
             .map_err(|status| anyhow!("cannot submit the run: {}", status_line(&status)))?

@@ -12,6 +12,7 @@
 //! finish or were not sent (or a benchmark missed its goal), 130 when interrupted twice.
 
 mod bench;
+mod chaos;
 mod driver;
 mod logbench;
 mod outcome;
@@ -25,7 +26,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::bail;
+use anyhow::{bail, Context as _};
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
@@ -223,6 +224,39 @@ enum Command {
     },
     /// Per-step log throughput on the farm's own agents: one run's step writes --mib MiB as
     /// fast as it can; MiB/s over the step, and a check that the stored log has every byte.
+    /// Failover and safety of a coordinator cluster: starts --members coordinator processes
+    /// (from KILN_BIN_DIR or next to this binary) with fault proxies on their peer links,
+    /// simulated agents and continuous submissions, kills the leader with SIGKILL --kills
+    /// times and isolates it --partitions times, then checks that every acknowledged run ended
+    /// once, none executed under two leases and the replicas converged. Exits 1 if not.
+    Chaos {
+        #[arg(long, default_value_t = 3)]
+        members: u64,
+        #[arg(long, default_value_t = 10)]
+        kills: u32,
+        #[arg(long, default_value_t = 3)]
+        partitions: u32,
+        /// Simulated agents, and runs each takes at once.
+        #[arg(long, default_value_t = 4)]
+        agents: u32,
+        #[arg(long, default_value_t = 4)]
+        capacity: u32,
+        /// How long each simulated step takes, in milliseconds.
+        #[arg(long, default_value_t = 300)]
+        step_ms: u64,
+        /// Milliseconds between two submissions.
+        #[arg(long, default_value_t = 20)]
+        submit_every_ms: u64,
+        /// The loopback net 127.N.x.y the members and proxies use (pick another to run two at once).
+        #[arg(long, default_value_t = 77)]
+        net: u8,
+        /// The kiln-coordinator binary [default: KILN_BIN_DIR or next to this one].
+        #[arg(long)]
+        coordinator_binary: Option<PathBuf>,
+        /// Print the report as one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     LogThroughput {
         #[command(flatten)]
         conn: Conn,
@@ -308,6 +342,52 @@ async fn run(mut args: Args) -> anyhow::Result<ExitCode> {
             image,
             json,
         }) => run_log_throughput(&conn, mib, line_bytes, !no_follow, image, json).await,
+        Some(Command::Chaos {
+            members,
+            kills,
+            partitions,
+            agents,
+            capacity,
+            step_ms,
+            submit_every_ms,
+            net,
+            coordinator_binary,
+            json,
+        }) => {
+            sim::validate(agents, capacity, step_ms)?;
+            let work = tempfile::tempdir().context("cannot make a work directory")?;
+            let platform = PlatformSpec::parse("linux/amd64").map_err(|e| anyhow::anyhow!(e))?;
+            let request = workload::Workload::cmd("127.0.0.1:5000/base/busybox:latest true")?
+                .run_request("127.0.0.1:5000", &platform, 600)?;
+            let plan = chaos::ChaosPlan {
+                coordinator_binary: chaos::coordinator_binary(coordinator_binary.as_deref())?,
+                members,
+                kills,
+                partitions,
+                agents,
+                capacity,
+                step: Duration::from_millis(step_ms),
+                submit_every: Duration::from_millis(submit_every_ms),
+                net,
+                request,
+                work_dir: work.path().to_path_buf(),
+            };
+            let report = chaos::run(&plan).await?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!("{}", report.to_table());
+            }
+            let failures = report.failures();
+            if !failures.is_empty() {
+                eprintln!(
+                    "kiln-loadtest: chaos checks failed: {}",
+                    failures.join("; ")
+                );
+                return Ok(ExitCode::FAILURE);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

@@ -4,13 +4,15 @@
 //! machine.
 //!
 //! The protocol logic is the pure state machine in `machine`; this file owns the sessions:
-//! connecting (and reconnecting with capped backoff), heartbeats, step timers and the shared
-//! tally the benchmarks wait on.
+//! connecting (and reconnecting like the real agent: a follower's leader hint at once, other
+//! members 50–100 ms apart for the first 2 s, then capped backoff), heartbeats, step timers
+//! and the shared tally the benchmarks wait on. `coordinator` is a comma-separated list of
+//! members; each simulated agent has its own connections.
 
 pub mod machine;
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeSet, BinaryHeap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -20,8 +22,8 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Endpoint;
 
+use kiln_proto::endpoints::{self, Endpoints, Next, Settings};
 use kiln_proto::v1::agent_service_client::AgentServiceClient;
 use kiln_proto::v1::{coordinator_message, AgentMessage, AgentPlatform};
 use kiln_state::pb::RunStatus;
@@ -44,6 +46,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
 const RECONNECT_INITIAL: Duration = Duration::from_millis(100);
 const RECONNECT_MAX: Duration = Duration::from_secs(5);
+/// After a session is lost, other members are tried 50–100 ms apart for this long.
+const FAST_FAILOVER: Duration = Duration::from_secs(2);
+/// Leader hints followed in a row without a pause.
+const MAX_IMMEDIATE_HINTS: u32 = 3;
 /// Bounds on the coordinator's heartbeat interval, and the silence after which the session is
 /// dropped when the `Welcome` names none.
 const MIN_HEARTBEAT: Duration = Duration::from_millis(50);
@@ -109,7 +115,16 @@ struct Collected {
     first_report_error: Option<String>,
     ack_samples: Vec<Duration>,
     by_submitter: HashMap<String, Tally>,
+    /// The leases under which each run's step executed: the agents' own record, to check that
+    /// no run executed under two leases.
+    executions: HashMap<String, BTreeSet<u64>>,
+    /// When new assignments arrived, with the start of the session they came on (newest last).
+    assignments: VecDeque<(Instant, Instant)>,
 }
+
+/// Most runs whose executions are recorded, and assignment arrivals kept.
+const MAX_EXECUTIONS: usize = 1_000_000;
+const MAX_ASSIGNMENT_LOG: usize = 100_000;
 
 struct Shared {
     progress: watch::Sender<Progress>,
@@ -243,6 +258,22 @@ impl SimFarm {
         }
     }
 
+    /// Every run whose step executed, with the leases (epochs) it executed under.
+    pub fn executions(&self) -> HashMap<String, BTreeSet<u64>> {
+        self.shared.collected().executions.clone()
+    }
+
+    /// When the first assignment arrived on a session opened at or after `since`: after a
+    /// leader is killed at `since`, that is when dispatch resumed.
+    pub fn first_assignment_after(&self, since: Instant) -> Option<Instant> {
+        self.shared
+            .collected()
+            .assignments
+            .iter()
+            .find(|(session, at)| *session >= since && *at >= since)
+            .map(|(_, at)| *at)
+    }
+
     pub fn progress(&self) -> watch::Receiver<Progress> {
         self.shared.progress.subscribe()
     }
@@ -347,8 +378,9 @@ impl SimFarm {
 enum SessionEnd {
     /// The farm is stopping.
     Stopped,
-    /// Worth connecting again.
-    Retry(String),
+    /// Worth connecting again; the coordinator's status, when it answered, may name the
+    /// leader.
+    Retry(String, Option<tonic::Status>),
     /// Refused for good (bad id, protocol, arguments).
     Fatal(String),
 }
@@ -361,21 +393,48 @@ async fn agent(
     shared: Arc<Shared>,
     stop: CancellationToken,
 ) {
+    let endpoints = match Endpoints::with_settings(
+        &coordinator,
+        Settings {
+            connect_timeout: CONNECT_TIMEOUT,
+            keepalive: Some(Duration::from_secs(10)),
+            tcp_nodelay: true,
+            ..Settings::default()
+        },
+    ) {
+        Ok(endpoints) => endpoints,
+        Err(error) => {
+            let error = format!("{}: {error}", machine.agent_id());
+            shared
+                .progress
+                .send_modify(|p| p.fatal = p.fatal.take().or(Some(error)));
+            return;
+        }
+    };
     let mut backoff = RECONNECT_INITIAL;
+    let mut failing_since: Option<Instant> = None;
+    let mut hints_in_a_row = 0;
     let mut welcomed_once = false;
     let mut timers = Timers::default();
     loop {
+        let url = endpoints.preferred();
+        let mut welcomed = false;
         let end = session(
             index,
             &mut machine,
-            &coordinator,
+            (&endpoints, &url),
             &shared,
             &stop,
-            &mut welcomed_once,
+            (&mut welcomed_once, &mut welcomed),
             &mut timers,
         )
         .await;
-        let error = match end {
+        if welcomed {
+            backoff = RECONNECT_INITIAL;
+            failing_since = None;
+            hints_in_a_row = 0;
+        }
+        let (error, status) = match end {
             SessionEnd::Stopped => return,
             SessionEnd::Fatal(error) => {
                 let error = format!("{}: {error}", machine.agent_id());
@@ -384,7 +443,7 @@ async fn agent(
                     .send_modify(|p| p.fatal = p.fatal.take().or(Some(error)));
                 return;
             }
-            SessionEnd::Retry(error) => error,
+            SessionEnd::Retry(error, status) => (error, status),
         };
         {
             let mut collected = shared.collected();
@@ -393,11 +452,28 @@ async fn agent(
                 collected.first_session_error = Some(format!("{}: {error}", machine.agent_id()));
             }
         }
+        let now = Instant::now();
+        let since = *failing_since.get_or_insert(now);
+        let pause = match endpoints.failed(&url, status.as_ref()) {
+            Next::Leader(_) if hints_in_a_row < MAX_IMMEDIATE_HINTS => {
+                hints_in_a_row += 1;
+                Duration::ZERO
+            }
+            _ if now.duration_since(since) < FAST_FAILOVER => {
+                hints_in_a_row = 0;
+                endpoints::jitter(endpoints::ROTATE_JITTER.0, endpoints::ROTATE_JITTER.1)
+            }
+            _ => {
+                hints_in_a_row = 0;
+                let pause = backoff;
+                backoff = (backoff * 2).min(RECONNECT_MAX);
+                pause
+            }
+        };
         tokio::select! {
             () = stop.cancelled() => return,
-            () = tokio::time::sleep(backoff) => {}
+            () = tokio::time::sleep(pause) => {}
         }
-        backoff = (backoff * 2).min(RECONNECT_MAX);
     }
 }
 
@@ -449,35 +525,33 @@ async fn sleep_until_opt(at: Option<Instant>) {
     }
 }
 
-/// One session: `Hello`, `Welcome`, then messages both ways until it fails or the farm stops.
+fn retry(error: impl Into<String>) -> SessionEnd {
+    SessionEnd::Retry(error.into(), None)
+}
+
+/// One session with the member at `url`: `Hello`, `Welcome`, then messages both ways until it
+/// fails or the farm stops. Sets `welcomed` once a Welcome of our cluster arrived.
 async fn session(
     index: usize,
     machine: &mut Machine,
-    coordinator: &str,
+    (endpoints, url): (&Endpoints, &str),
     shared: &Shared,
     stop: &CancellationToken,
-    welcomed_once: &mut bool,
+    (welcomed_once, welcomed): (&mut bool, &mut bool),
     timers: &mut Timers,
 ) -> SessionEnd {
-    let endpoint = match Endpoint::from_shared(coordinator.to_string()) {
-        Ok(endpoint) => endpoint
-            .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(10)),
-        Err(error) => return SessionEnd::Fatal(format!("bad coordinator address: {error}")),
+    let channel = match endpoints.connection(url) {
+        Ok(channel) => channel,
+        Err(status) => return SessionEnd::Fatal(status.message().to_string()),
     };
     let connect = async {
-        let channel = endpoint.connect().await.map_err(|error| {
-            SessionEnd::Retry(format!("cannot connect: {}", root_cause(&error)))
-        })?;
         let mut client = AgentServiceClient::new(channel);
         let (tx, rx) = mpsc::channel::<AgentMessage>(OUTBOUND_BUFFER);
         // Hello is queued before the call, so a coordinator that waits for it cannot deadlock
         // the handshake.
         tx.send(machine.hello())
             .await
-            .map_err(|_| SessionEnd::Retry("session channel closed".to_string()))?;
+            .map_err(|_| retry("session channel closed"))?;
         let mut inbound = client
             .session(ReceiverStream::new(rx))
             .await
@@ -485,7 +559,7 @@ async fn session(
             .into_inner();
         let first = tokio::time::timeout(WELCOME_TIMEOUT, inbound.message())
             .await
-            .map_err(|_| SessionEnd::Retry("no Welcome within 10 s".to_string()))?
+            .map_err(|_| retry("no Welcome within 10 s"))?
             .map_err(|status| refused(&status, *welcomed_once))?;
         match first.and_then(|m| m.msg) {
             Some(coordinator_message::Msg::Welcome(welcome)) => Ok((tx, inbound, welcome)),
@@ -493,8 +567,8 @@ async fn session(
                 "the coordinator's first message is not a Welcome (does it speak agent protocol 2?)"
                     .to_string(),
             )),
-            None => Err(SessionEnd::Retry(
-                "the coordinator closed the session before its Welcome".to_string(),
+            None => Err(retry(
+                "the coordinator closed the session before its Welcome",
             )),
         }
     };
@@ -505,6 +579,11 @@ async fn session(
             Err(end) => return end,
         },
     };
+    if let Err(mismatch) = endpoints.learn_cluster_id(&welcome.cluster_id) {
+        return retry(format!("{url}: {mismatch}"));
+    }
+    *welcomed = true;
+    endpoints.succeeded(url);
     let mut outbox: VecDeque<AgentMessage> = match machine.welcome(&welcome) {
         Ok(resend) => resend.into(),
         Err(error) => return SessionEnd::Fatal(error),
@@ -523,6 +602,7 @@ async fn session(
     let mut heartbeat = tokio::time::interval_at(Instant::now() + heartbeat_every, heartbeat_every);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
+    let session_started = Instant::now();
 
     loop {
         let has_outgoing = !outbox.is_empty();
@@ -531,17 +611,17 @@ async fn session(
             message = inbound.message() => {
                 let message = match message {
                     Ok(Some(message)) => message,
-                    Ok(None) => return SessionEnd::Retry("the coordinator closed the session".to_string()),
-                    Err(status) => return SessionEnd::Retry(status_line(&status)),
+                    Ok(None) => return retry("the coordinator closed the session"),
+                    Err(status) => return SessionEnd::Retry(status_line(&status), Some(status)),
                 };
                 last_heard = Instant::now();
                 let actions = machine.handle(message, std::time::Instant::now());
-                apply(actions, &mut outbox, timers, shared);
+                apply(actions, &mut outbox, timers, shared, session_started);
                 publish(index, machine, shared);
             }
             permit = tx.reserve(), if has_outgoing => {
                 let Ok(permit) = permit else {
-                    return SessionEnd::Retry("the session stream closed".to_string());
+                    return retry("the session stream closed");
                 };
                 if let Some(message) = outbox.pop_front() {
                     permit.send(message);
@@ -549,7 +629,7 @@ async fn session(
             }
             _ = heartbeat.tick() => {
                 if last_heard.elapsed() > lost_after {
-                    return SessionEnd::Retry(format!("the coordinator was silent for {lost_after:?}"));
+                    return retry(format!("the coordinator was silent for {lost_after:?}"));
                 }
                 outbox.push_back(machine.heartbeat());
             }
@@ -557,7 +637,7 @@ async fn session(
                 let now = Instant::now();
                 while let Some((epoch, run_id)) = timers.pop_due(now) {
                     let actions = machine.step_done(&run_id, epoch, std::time::Instant::now());
-                    apply(actions, &mut outbox, timers, shared);
+                    apply(actions, &mut outbox, timers, shared, session_started);
                 }
                 publish(index, machine, shared);
             }
@@ -586,6 +666,7 @@ fn apply(
     outbox: &mut VecDeque<AgentMessage>,
     timers: &mut Timers,
     shared: &Shared,
+    session_started: Instant,
 ) {
     let mut finished = 0;
     for action in actions {
@@ -596,6 +677,27 @@ fn apply(
                 epoch,
                 after,
             } => timers.set(Instant::now() + after, epoch, run_id),
+            Action::Assigned { .. } => {
+                let mut collected = shared.collected();
+                if collected.assignments.len() >= MAX_ASSIGNMENT_LOG {
+                    collected.assignments.pop_front();
+                }
+                collected
+                    .assignments
+                    .push_back((session_started, Instant::now()));
+            }
+            Action::Executing { run_id, epoch } => {
+                let mut collected = shared.collected();
+                if collected.executions.len() < MAX_EXECUTIONS
+                    || collected.executions.contains_key(&run_id)
+                {
+                    collected
+                        .executions
+                        .entry(run_id)
+                        .or_default()
+                        .insert(epoch);
+                }
+            }
             Action::Acked(latency) => {
                 let mut collected = shared.collected();
                 if collected.ack_samples.len() < MAX_ACK_SAMPLES {
@@ -636,25 +738,20 @@ fn refused(status: &tonic::Status, welcomed_once: bool) -> SessionEnd {
     match status.code() {
         tonic::Code::FailedPrecondition | tonic::Code::InvalidArgument => SessionEnd::Fatal(line),
         tonic::Code::AlreadyExists if !welcomed_once => SessionEnd::Fatal(line),
-        _ => SessionEnd::Retry(line),
+        _ => SessionEnd::Retry(line, Some(status.clone())),
     }
 }
 
 fn status_line(status: &tonic::Status) -> String {
+    if endpoints::is_transport(status) {
+        return format!("cannot connect: {}", endpoints::status_detail(status));
+    }
     let message = status.message().lines().next().unwrap_or_default().trim();
     if message.is_empty() {
         format!("{:?}", status.code())
     } else {
         format!("{:?}: {message}", status.code())
     }
-}
-
-fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut current = error;
-    while let Some(next) = current.source() {
-        current = next;
-    }
-    current.to_string()
 }
 
 /// Runs simulated agents until `interrupt` or `limit`, printing a summary line every

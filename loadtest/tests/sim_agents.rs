@@ -56,6 +56,8 @@ impl Coordinator {
         let log_file = std::fs::File::create(&log).expect("a log file");
         let child = Command::new(coordinator_binary())
             .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--peer-listen", &format!("127.0.0.1:{}", free_port())])
+            .args(["--http-listen", "off", "--initial-cluster-state", "new"])
             .arg("--data-dir")
             .arg(dir.path().join("data"))
             .args(["--registry", "127.0.0.1:5000"])

@@ -1,13 +1,19 @@
-//! The coordinator's gRPC API, generated from `protos/kiln/v1/api.proto`.
+//! The coordinator's gRPC API, generated from `protos/kiln/v1/api.proto`, and the one client
+//! of a coordinator cluster every binary shares.
 //!
-//! This crate holds generated code only; the replicated records it carries (`Run`, `RunRequest`,
-//! …) are the state machine's own types from `kiln_state::pb`.
+//! * [`v1`]: generated code only; the replicated records it carries (`Run`, `RunRequest`, …) are
+//!   the state machine's own types from `kiln_state::pb`.
+//! * [`endpoints`]: talking to a farm of several coordinators: the endpoint list, following
+//!   the leader, retries, the cluster id sent on every request.
 
-#![allow(clippy::all)]
-
+#[allow(clippy::all)]
 pub mod v1 {
     tonic::include_proto!("kiln.v1");
 }
+
+pub mod endpoints;
+
+pub use endpoints::Endpoints;
 
 pub use kiln_state::pb;
 

@@ -1,11 +1,11 @@
 //! [`State`] and its `apply` function: the only way the replicated state changes.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::pb::{
-    command, AcknowledgeRun, ApplyResult, AssignRun, Command, FinishRun, Lease, PlanRun,
-    RecordImage, RecordLog, RequestCancel, RequeueRun, Run, RunRequest, RunStatus, Step,
-    StepStatus, SubmitRun, UpdateStep,
+    command, AcknowledgeRun, ApplyResult, AssignRun, Command, FinishRun, Lease, Member, PlanRun,
+    PruneRuns, RecordImage, RecordLog, RequestCancel, RequeueRun, Run, RunRequest, RunStatus,
+    SetMember, StateMeta, StateSnapshot, Step, StepStatus, SubmitRun, UpdateStep,
 };
 use crate::platform::PlatformSpec;
 
@@ -34,14 +34,25 @@ pub const MAX_SET_VALUES: usize = 1000;
 pub const MAX_SET_VALUE_BYTES: usize = 64 * 1024;
 pub const MAX_AGENT_LABELS: usize = 32;
 pub const MAX_SECRET_NAMES: usize = 256;
+/// Longest client request id of a `SubmitRun`.
+pub const MAX_REQUEST_ID_BYTES: usize = 64;
+/// Most runs one `PruneRuns` forgets, so that one command never stalls the apply loop.
+pub const MAX_PRUNED_PER_COMMAND: usize = 10_000;
+/// Longest member address.
+pub const MAX_URL_BYTES: usize = 1024;
 
-/// The applied state: every run, by sequence number, with indexes of the queued and running
-/// ones (derived from the runs, so the scheduler never scans finished runs).
+/// The applied state: every retained run, by sequence number, with indexes of the queued and
+/// running ones and of client request ids (all derived from the runs, so the scheduler never
+/// scans finished runs), the next run number and the cluster's address book.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct State {
     runs: BTreeMap<u64, Run>,
     queued: BTreeSet<u64>,
     running: BTreeSet<u64>,
+    by_request: HashMap<String, u64>,
+    /// The number the next run gets; never reused, even after old runs are pruned.
+    next_seq: u64,
+    members: BTreeMap<u64, Member>,
 }
 
 /// What applying one command did.
@@ -51,6 +62,10 @@ pub struct ApplyOutcome {
     pub result: ApplyResult,
     /// The sequence number of the run that changed, if any, so the caller can persist it.
     pub changed_run: Option<u64>,
+    /// Runs the command removed (retention), so the caller can delete them.
+    pub removed_runs: Vec<u64>,
+    /// The meta record (next run number, members) changed.
+    pub meta_changed: bool,
 }
 
 impl ApplyOutcome {
@@ -61,6 +76,8 @@ impl ApplyOutcome {
                 ..ApplyResult::default()
             },
             changed_run: None,
+            removed_runs: Vec::new(),
+            meta_changed: false,
         }
     }
 
@@ -78,6 +95,8 @@ impl ApplyOutcome {
                 ..ApplyResult::default()
             },
             changed_run: Some(seq),
+            removed_runs: Vec::new(),
+            meta_changed: false,
         }
     }
 
@@ -89,6 +108,25 @@ impl ApplyOutcome {
                 ..ApplyResult::default()
             },
             changed_run: None,
+            removed_runs: Vec::new(),
+            meta_changed: false,
+        }
+    }
+
+    /// Accepted; nothing needed to change.
+    fn nothing() -> Self {
+        Self {
+            meta_changed: false,
+            ..Self::meta_changed()
+        }
+    }
+
+    fn meta_changed() -> Self {
+        Self {
+            result: ApplyResult::default(),
+            changed_run: None,
+            removed_runs: Vec::new(),
+            meta_changed: true,
         }
     }
 }
@@ -122,15 +160,76 @@ pub fn is_step_terminal(status: StepStatus) -> bool {
 }
 
 impl State {
-    /// Rebuilds the state from persisted runs.
+    /// Rebuilds the state from persisted runs (and no meta record).
     pub fn from_runs(runs: impl IntoIterator<Item = Run>) -> Self {
-        let mut state = Self::default();
+        Self::from_parts(StateMeta::default(), runs)
+    }
+
+    /// Rebuilds the state from its persisted meta record and runs.
+    pub fn from_parts(meta: StateMeta, runs: impl IntoIterator<Item = Run>) -> Self {
+        let mut state = Self {
+            next_seq: meta.next_seq,
+            members: meta.members.into_iter().map(|m| (m.id, m)).collect(),
+            ..Self::default()
+        };
         for run in runs {
             let seq = run.seq;
+            if !run.request_id.is_empty() {
+                state.by_request.insert(run.request_id.clone(), seq);
+            }
             state.runs.insert(seq, run);
             state.reindex(seq);
         }
+        state.next_seq = state.next_seq();
         state
+    }
+
+    /// Rebuilds the state from a snapshot.
+    pub fn from_snapshot(snapshot: StateSnapshot) -> Self {
+        Self::from_parts(snapshot.meta.unwrap_or_default(), snapshot.runs)
+    }
+
+    /// The whole state, for a Raft snapshot or a backup.
+    pub fn snapshot(&self) -> StateSnapshot {
+        StateSnapshot {
+            meta: Some(self.meta()),
+            runs: self.runs.values().cloned().collect(),
+        }
+    }
+
+    /// Everything that is not a run.
+    pub fn meta(&self) -> StateMeta {
+        StateMeta {
+            next_seq: self.next_seq(),
+            members: self.members.values().cloned().collect(),
+        }
+    }
+
+    /// The cluster's address book, by member id.
+    pub fn members(&self) -> impl Iterator<Item = &Member> {
+        self.members.values()
+    }
+
+    pub fn member(&self, id: u64) -> Option<&Member> {
+        self.members.get(&id)
+    }
+
+    /// Keeps the address book in step with a Raft configuration change that was applied:
+    /// `added` joins (or updates) it, `removed` leaves it.
+    pub fn apply_membership(&mut self, added: Option<Member>, removed: Option<u64>) {
+        if let Some(member) = added {
+            if member.id != 0 {
+                self.members.insert(member.id, member);
+            }
+        }
+        if let Some(id) = removed {
+            self.members.remove(&id);
+        }
+    }
+
+    /// How many runs are retained.
+    pub fn run_count(&self) -> usize {
+        self.runs.len()
     }
 
     pub fn run(&self, run_id: &str) -> Option<&Run> {
@@ -172,10 +271,12 @@ impl State {
     }
 
     fn next_seq(&self) -> u64 {
-        self.runs
+        let after_last = self
+            .runs
             .keys()
             .next_back()
-            .map_or(1, |last| last.saturating_add(1))
+            .map_or(1, |last| last.saturating_add(1));
+        self.next_seq.max(after_last)
     }
 
     /// Applies the command committed at Raft log `index`. Deterministic and total: bad content
@@ -202,6 +303,69 @@ impl State {
             Some(command::Kind::AcknowledgeRun(c)) => self.acknowledge_run(c),
             Some(command::Kind::RequeueRun(c)) => self.requeue_run(c),
             Some(command::Kind::RecordLog(c)) => self.record_log(c),
+            Some(command::Kind::SetMember(c)) => self.set_member(c),
+            Some(command::Kind::PruneRuns(c)) => self.prune_runs(c, at_ms),
+        }
+    }
+
+    fn set_member(&mut self, command: &SetMember) -> ApplyOutcome {
+        let Some(member) = &command.member else {
+            return ApplyOutcome::rejected("the member is missing");
+        };
+        if member.id == 0 {
+            return ApplyOutcome::rejected("a member id must not be 0");
+        }
+        for (what, url) in [("peer", &member.peer_url), ("client", &member.client_url)] {
+            if url.is_empty() || url.len() > MAX_URL_BYTES {
+                return ApplyOutcome::rejected(format!(
+                    "member {}: the {what} address must be 1 to {MAX_URL_BYTES} bytes",
+                    member.id
+                ));
+            }
+        }
+        if self.members.get(&member.id) == Some(member) {
+            return ApplyOutcome::nothing();
+        }
+        self.members.insert(member.id, member.clone());
+        ApplyOutcome::meta_changed()
+    }
+
+    /// Forgets finished runs beyond the retention policy, oldest first.
+    fn prune_runs(&mut self, command: &PruneRuns, at_ms: u64) -> ApplyOutcome {
+        let finished: Vec<(u64, u64)> = self
+            .runs
+            .values()
+            .filter(|run| is_terminal(run.status()))
+            .map(|run| (run.seq, run.finished_at_ms))
+            .collect();
+        let keep = usize::try_from(command.keep_finished).unwrap_or(usize::MAX);
+        let beyond_count = finished.len().saturating_sub(keep);
+        let mut removed = Vec::new();
+        for (position, (seq, finished_at_ms)) in finished.into_iter().enumerate() {
+            if removed.len() >= MAX_PRUNED_PER_COMMAND {
+                break;
+            }
+            let too_many = position < beyond_count;
+            let too_old =
+                command.max_age_ms > 0 && finished_at_ms.saturating_add(command.max_age_ms) < at_ms;
+            if too_many || too_old {
+                removed.push(seq);
+            }
+        }
+        // Remember where numbering goes on before the last run can disappear.
+        self.next_seq = self.next_seq();
+        for seq in &removed {
+            if let Some(run) = self.runs.remove(seq) {
+                if !run.request_id.is_empty() {
+                    self.by_request.remove(&run.request_id);
+                }
+            }
+        }
+        ApplyOutcome {
+            result: ApplyResult::default(),
+            changed_run: None,
+            meta_changed: !removed.is_empty(),
+            removed_runs: removed,
         }
     }
 
@@ -212,6 +376,16 @@ impl State {
         if let Err(message) = validate_request(request) {
             return ApplyOutcome::rejected(message);
         }
+        if command.request_id.len() > MAX_REQUEST_ID_BYTES {
+            return ApplyOutcome::rejected(format!(
+                "the request id is {} bytes; at most {MAX_REQUEST_ID_BYTES} are allowed",
+                command.request_id.len()
+            ));
+        }
+        // A retry of a submission that was committed: the same run, not a second one.
+        if let Some(seq) = self.by_request.get(&command.request_id) {
+            return ApplyOutcome::unchanged(*seq);
+        }
         let seq = self.next_seq();
         let run = Run {
             id: run_id_for_seq(seq),
@@ -219,10 +393,17 @@ impl State {
             request: Some(request.clone()),
             status: RunStatus::Queued as i32,
             created_at_ms: at_ms,
+            request_id: command.request_id.clone(),
             ..Run::default()
         };
+        if !command.request_id.is_empty() {
+            self.by_request.insert(command.request_id.clone(), seq);
+        }
         self.runs.insert(seq, run);
-        ApplyOutcome::changed(seq)
+        self.next_seq = seq + 1;
+        let mut outcome = ApplyOutcome::changed(seq);
+        outcome.meta_changed = true;
+        outcome
     }
 
     fn assign_run(&mut self, command: &AssignRun, index: u64, at_ms: u64) -> ApplyOutcome {

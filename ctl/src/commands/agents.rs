@@ -4,9 +4,8 @@
 use std::process::ExitCode;
 
 use clap::Subcommand;
-use kiln_proto::v1::{DrainAgentRequest, GetInfoRequest};
 
-use crate::client::{self, status_error};
+use crate::client::Farm;
 use crate::output;
 
 #[derive(Subcommand, Debug)]
@@ -20,7 +19,10 @@ pub enum AgentsCommand {
         agent_id: String,
     },
     /// Lets a drained agent take runs again.
-    Undrain { agent_id: String },
+    Undrain {
+        /// The agent's id, as `kiln agents` lists it.
+        agent_id: String,
+    },
 }
 
 pub async fn run(coordinator: &str, command: Option<AgentsCommand>) -> anyhow::Result<ExitCode> {
@@ -32,27 +34,15 @@ pub async fn run(coordinator: &str, command: Option<AgentsCommand>) -> anyhow::R
 }
 
 async fn drain(coordinator: &str, agent_id: String, drain: bool) -> anyhow::Result<ExitCode> {
-    let mut client = client::connect(coordinator).await?;
-    let state = client
-        .drain_agent(DrainAgentRequest {
-            agent_id: agent_id.clone(),
-            drain,
-        })
-        .await
-        .map_err(status_error)?
-        .into_inner()
-        .state;
+    let farm = Farm::connect(coordinator).await?;
+    let state = farm.drain_agent(&agent_id, drain).await?;
     println!("Agent {agent_id}: {state}");
     Ok(ExitCode::SUCCESS)
 }
 
 async fn list(coordinator: &str) -> anyhow::Result<ExitCode> {
-    let mut client = client::connect(coordinator).await?;
-    let info = client
-        .get_info(GetInfoRequest {})
-        .await
-        .map_err(status_error)?
-        .into_inner();
+    let farm = Farm::connect(coordinator).await?;
+    let info = farm.leader_info().await?;
     println!("Registry: {}", info.registry);
     if info.agents.is_empty() {
         println!("No agent is connected: runs stay Queued until one connects.");

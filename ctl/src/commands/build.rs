@@ -10,7 +10,7 @@ use kiln_state::pb::RunRequest;
 use kiln_state::PlatformSpec;
 use kiln_taskfile::QuickBuild;
 
-use crate::client;
+use crate::client::Farm;
 use crate::commands::submit::{self, Follow};
 
 /// ACR's default timeout for a quick build, in seconds.
@@ -102,11 +102,11 @@ pub async fn run(coordinator: &str, args: BuildArgs) -> anyhow::Result<ExitCode>
     args.dispatch.apply(&mut RunRequest::default())?;
     submit::parse_pairs("--build-arg", &args.build_args)?;
 
-    let mut client = client::connect(coordinator).await?;
+    let connected = Farm::connect(coordinator).await?;
     let submit::Registries {
         push: registry,
         farm,
-    } = submit::registries(&mut client, args.registry.as_deref()).await?;
+    } = submit::registries(&connected, args.registry.as_deref());
     let context_digest = submit::upload_context(&args.context, Some(&args.file), &farm).await?;
     let task_yaml = kiln_taskfile::quick_build_task(&QuickBuild {
         tags: args.images,
@@ -135,5 +135,5 @@ pub async fn run(coordinator: &str, args: BuildArgs) -> anyhow::Result<ExitCode>
         logs: !args.no_logs,
         wait: !args.no_wait,
     };
-    submit::submit_and_follow(&mut client, request, follow).await
+    submit::submit_and_follow(&connected, request, follow).await
 }

@@ -2,6 +2,7 @@
 
 pub mod agents;
 pub mod build;
+pub mod cluster;
 pub mod logs;
 pub mod run;
 pub mod runs;

@@ -10,7 +10,7 @@ use kiln_state::pb::{KeyValue, RunRequest};
 use kiln_state::PlatformSpec;
 use kiln_taskfile::{Inputs, RunVars};
 
-use crate::client;
+use crate::client::Farm;
 use crate::commands::submit::{self, Follow};
 
 const DEFAULT_TIMEOUT: u64 = 3600;
@@ -99,11 +99,11 @@ pub async fn run(coordinator: &str, args: RunArgs) -> anyhow::Result<ExitCode> {
         );
     }
 
-    let mut client = client::connect(coordinator).await?;
+    let connected = Farm::connect(coordinator).await?;
     let submit::Registries {
         push: registry,
         farm,
-    } = submit::registries(&mut client, args.registry.as_deref()).await?;
+    } = submit::registries(&connected, args.registry.as_deref());
     // Check the task file here, so mistakes show at once with their line and column; the agent
     // renders it again with the real run id.
     let inputs = Inputs {
@@ -152,5 +152,5 @@ pub async fn run(coordinator: &str, args: RunArgs) -> anyhow::Result<ExitCode> {
         logs: !args.no_logs,
         wait: !args.no_wait,
     };
-    submit::submit_and_follow(&mut client, request, follow).await
+    submit::submit_and_follow(&connected, request, follow).await
 }

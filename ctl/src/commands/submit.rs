@@ -1,6 +1,7 @@
 //! What `kiln build` and `kiln run` share: uploading the context, submitting the run, following
 //! its log and printing the outcome.
 
+use std::collections::HashMap;
 use std::io::Write as _;
 use std::path::Path;
 use std::process::ExitCode;
@@ -8,16 +9,19 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
-use kiln_proto::v1::{GetInfoRequest, GetRunRequest, StreamLogsRequest, SubmitRunRequest};
+use kiln_proto::v1::{LogChunk, SubmitRunRequest};
 use kiln_registry::{Registry, CONTEXTS_REPOSITORY};
 use kiln_state::machine::is_terminal;
 use kiln_state::pb::{Run, RunRequest, RunStatus};
 
-use crate::client::{status_error, Client};
+use crate::client::{Farm, StreamBreak};
 use crate::output;
 
 /// How often the CLI asks for the status of a run it waits for without a log stream.
 const POLL_INTERVAL: Duration = Duration::from_millis(500);
+/// Re-attachments of a broken log stream in a row without a new byte before the CLI gives up
+/// (each one already waits up to 15 s for a leader).
+const MAX_REATTACH: u32 = 10;
 
 /// Where and how a run is dispatched: shared by `kiln build` and `kiln run`.
 #[derive(clap::Args, Debug, Clone, Default)]
@@ -140,20 +144,15 @@ pub struct Registries {
     pub farm: String,
 }
 
-pub async fn registries(client: &mut Client, given: Option<&str>) -> anyhow::Result<Registries> {
-    let info = client
-        .get_info(GetInfoRequest {})
-        .await
-        .map_err(status_error)?
-        .into_inner();
+pub fn registries(farm: &Farm, given: Option<&str>) -> Registries {
     let push = match given {
         Some(registry) => registry.trim_end_matches('/').to_string(),
-        None => info.registry.clone(),
+        None => farm.info.registry.clone(),
     };
-    Ok(Registries {
+    Registries {
         push,
-        farm: info.registry,
-    })
+        farm: farm.info.registry.clone(),
+    }
 }
 
 /// Packs `dir` (honouring `.dockerignore`) and uploads it unless the registry already has it.
@@ -191,19 +190,19 @@ pub async fn upload_context(
 /// Submits the run, then follows it as asked. The exit code is 0 only when the run succeeded
 /// (or when not waiting for it).
 pub async fn submit_and_follow(
-    client: &mut Client,
+    farm: &Farm,
     request: RunRequest,
     follow: Follow,
 ) -> anyhow::Result<ExitCode> {
     let kind = request.kind.clone();
-    let run_id = client
+    // One id for this invocation: a retry after a timeout or a leader change returns the run
+    // the first attempt made instead of making a second one.
+    let run_id = farm
         .submit_run(SubmitRunRequest {
             request: Some(request),
+            request_id: kiln_proto::endpoints::random_id(),
         })
-        .await
-        .map_err(status_error)?
-        .into_inner()
-        .run_id;
+        .await?;
     let noun = if kind == "build" { "build" } else { "run" };
     eprintln!("Queued a {noun} with ID: {run_id}");
     if !follow.wait {
@@ -212,11 +211,11 @@ pub async fn submit_and_follow(
     }
     if follow.logs {
         eprintln!("Waiting for an agent...");
-        if let Err(error) = stream_logs(client, &run_id, true).await {
+        if let Err(error) = stream_logs(farm, &run_id, true).await {
             eprintln!("kiln: the log stream broke ({error:#}); waiting for the run to end");
         }
     }
-    let run = wait_until_finished(client, &run_id).await?;
+    let run = wait_until_finished(farm, &run_id).await?;
     print!("{}", summary(&run));
     Ok(if run.status() == RunStatus::Succeeded {
         ExitCode::SUCCESS
@@ -225,34 +224,84 @@ pub async fn submit_and_follow(
     })
 }
 
-/// Copies a run's log to stdout; with `follow`, until the run ends.
-pub async fn stream_logs(client: &mut Client, run_id: &str, follow: bool) -> anyhow::Result<()> {
-    let mut stream = client
-        .stream_logs(StreamLogsRequest {
-            run_id: run_id.to_string(),
-            follow,
-        })
-        .await
-        .map_err(status_error)?
-        .into_inner();
+/// Copies a run's log to stdout; with `follow`, until the run ends. A stream that breaks
+/// because its member went away or stopped leading is re-attached on the leader, printing
+/// only what was not printed yet.
+pub async fn stream_logs(farm: &Farm, run_id: &str, follow: bool) -> anyhow::Result<()> {
+    let mut printed = Printed::default();
+    let mut breaks = 0;
     let stdout = std::io::stdout();
-    while let Some(chunk) = stream.message().await.map_err(status_error)? {
-        let mut out = stdout.lock();
-        out.write_all(&chunk.data)?;
-        out.flush()?;
+    loop {
+        let mut stream = farm.stream_logs(run_id, follow).await?;
+        printed.reattached();
+        loop {
+            match stream.next(farm).await {
+                Ok(Some(chunk)) => {
+                    let new = printed.new_part(&chunk);
+                    if !new.is_empty() {
+                        breaks = 0;
+                        let mut out = stdout.lock();
+                        out.write_all(new)?;
+                        out.flush()?;
+                    }
+                }
+                Ok(None) => return Ok(()),
+                Err(StreamBreak::Failed(error)) => return Err(error),
+                Err(StreamBreak::Lost(why)) => {
+                    breaks += 1;
+                    if breaks > MAX_REATTACH {
+                        anyhow::bail!(
+                            "the log stream of {run_id} broke {MAX_REATTACH} times in a row ({why})"
+                        );
+                    }
+                    eprintln!("kiln: the log stream was interrupted ({why}); re-attaching");
+                    break;
+                }
+            }
+        }
     }
-    Ok(())
 }
 
-pub async fn wait_until_finished(client: &mut Client, run_id: &str) -> anyhow::Result<Run> {
+/// What of a run's log has been printed, per step: a re-attached stream starts from the run's
+/// beginning again, and only bytes past those are new. Chunks without a step are notices from
+/// the coordinator; they are always printed and never counted. Both maps hold one entry per
+/// step of one run.
+#[derive(Default)]
+pub struct Printed {
+    printed: HashMap<String, u64>,
+    /// Bytes of each step received on the current stream.
+    received: HashMap<String, u64>,
+}
+
+impl Printed {
+    /// A new stream starts.
+    pub fn reattached(&mut self) {
+        self.received.clear();
+    }
+
+    /// The part of `chunk` not printed yet (and counts it as printed).
+    pub fn new_part<'a>(&mut self, chunk: &'a LogChunk) -> &'a [u8] {
+        if chunk.step_id.is_empty() {
+            return &chunk.data;
+        }
+        let length = chunk.data.len() as u64;
+        let received = self.received.entry(chunk.step_id.clone()).or_default();
+        let begin = *received;
+        *received += length;
+        let end = begin + length;
+        let printed = self.printed.entry(chunk.step_id.clone()).or_default();
+        if end <= *printed {
+            return &[];
+        }
+        let skip = usize::try_from(printed.saturating_sub(begin)).unwrap_or(usize::MAX);
+        *printed = end;
+        chunk.data.get(skip..).unwrap_or_default()
+    }
+}
+
+pub async fn wait_until_finished(farm: &Farm, run_id: &str) -> anyhow::Result<Run> {
     loop {
-        let response = client
-            .get_run(GetRunRequest {
-                run_id: run_id.to_string(),
-            })
-            .await
-            .map_err(status_error)?
-            .into_inner();
+        let response = farm.get_run(run_id).await?;
         if let Some(run) = response.run {
             if is_terminal(run.status()) {
                 return Ok(run);
@@ -310,6 +359,55 @@ fn human_bytes(bytes: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn chunk(step: &str, data: &str) -> LogChunk {
+        LogChunk {
+            run_id: "ca1".into(),
+            step_id: step.into(),
+            data: data.as_bytes().to_vec(),
+        }
+    }
+
+    #[test]
+    fn a_reattached_log_prints_only_what_is_new_per_step() {
+        let mut printed = Printed::default();
+        let mut out = Vec::new();
+        let mut feed = |printed: &mut Printed, chunks: &[LogChunk]| {
+            for chunk in chunks {
+                out.extend_from_slice(printed.new_part(chunk));
+            }
+        };
+        printed.reattached();
+        feed(
+            &mut printed,
+            &[
+                chunk("a", "one\n"),
+                chunk("", "[notice]\n"),
+                chunk("a", "tw"),
+            ],
+        );
+        // The stream broke; the new one starts from the beginning, cut differently, and goes
+        // on with another step.
+        printed.reattached();
+        feed(
+            &mut printed,
+            &[
+                chunk("a", "on"),
+                chunk("a", "e\ntwo\n"),
+                chunk("", "[notice]\n"),
+                chunk("b", "three\n"),
+            ],
+        );
+        printed.reattached();
+        feed(
+            &mut printed,
+            &[chunk("a", "one\ntwo\n"), chunk("b", "three\nfour\n")],
+        );
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "one\n[notice]\ntwo\n[notice]\nthree\nfour\n"
+        );
+    }
 
     #[test]
     fn the_step_timeout_limit_is_the_run_timeout_limit() {

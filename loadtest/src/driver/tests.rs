@@ -78,6 +78,7 @@ impl Control for FakeFarm {
             registry: "127.0.0.1:5000".to_string(),
             version: "test".to_string(),
             agents: Vec::new(),
+            ..GetInfoResponse::default()
         }))
     }
 

@@ -42,6 +42,16 @@ pub enum Action {
     },
     /// A report was acknowledged this long after it was made.
     Acked(Duration),
+    /// A new lease was taken (not a repeated assignment).
+    Assigned {
+        run_id: String,
+        epoch: u64,
+    },
+    /// The step of a run started executing under `epoch` (its Running report was committed).
+    Executing {
+        run_id: String,
+        epoch: u64,
+    },
     /// A run's `RunFinished` was committed: the run is over on the coordinator too.
     Finished {
         run_id: String,
@@ -309,7 +319,13 @@ impl Machine {
         });
         let running =
             agent_message::Msg::StepUpdate(step_update(&run_id, epoch, StepStatus::Running, ""));
-        let mut actions = vec![ack()];
+        let mut actions = vec![
+            ack(),
+            Action::Assigned {
+                run_id: run_id.clone(),
+                epoch,
+            },
+        ];
         actions.push(self.report(&run_id, epoch, ReportKind::Planned, planned, now));
         actions.push(self.report(&run_id, epoch, ReportKind::StepRunning, running, now));
         actions
@@ -362,6 +378,10 @@ impl Machine {
         match (pending.kind, run.phase) {
             (ReportKind::StepRunning, Phase::Starting) => {
                 run.phase = Phase::Stepping;
+                actions.push(Action::Executing {
+                    run_id: pending.run_id.clone(),
+                    epoch: pending.epoch,
+                });
                 actions.push(Action::Wake {
                     run_id: pending.run_id,
                     epoch: pending.epoch,

@@ -31,6 +31,7 @@ fn submit(state: &mut State, platform: &str) -> String {
             1,
             command::Kind::SubmitRun(SubmitRun {
                 request: Some(request(platform)),
+                ..Default::default()
             }),
         ),
     );
@@ -260,7 +261,10 @@ fn bad_requests_are_rejected_with_reasons() {
             NO_INDEX,
             &cmd(
                 1,
-                command::Kind::SubmitRun(SubmitRun { request: Some(bad) }),
+                command::Kind::SubmitRun(SubmitRun {
+                    request: Some(bad),
+                    ..Default::default()
+                }),
             ),
         );
         assert!(
@@ -307,6 +311,7 @@ fn random_command(rng: &mut Lcg) -> Command {
         0 => command::Kind::SubmitRun(SubmitRun {
             request: (!rng.next().is_multiple_of(4))
                 .then(|| request(rng.pick(&["linux/amd64", "linux/arm64", "linux/arm"]))),
+            request_id: rng.pick(&["", "", "r1", "r2"]).to_string(),
         }),
         1 => command::Kind::AssignRun(AssignRun {
             run_id,
@@ -813,7 +818,10 @@ fn request_bounds_are_enforced_with_reasons() {
             NO_INDEX,
             &cmd(
                 1,
-                command::Kind::SubmitRun(SubmitRun { request: Some(bad) }),
+                command::Kind::SubmitRun(SubmitRun {
+                    request: Some(bad),
+                    ..Default::default()
+                }),
             ),
         );
         assert!(
@@ -833,7 +841,10 @@ fn submit_as(state: &mut State, submitter: &str, pool: &str) -> String {
         NO_INDEX,
         &cmd(
             1,
-            command::Kind::SubmitRun(SubmitRun { request: Some(req) }),
+            command::Kind::SubmitRun(SubmitRun {
+                request: Some(req),
+                ..Default::default()
+            }),
         ),
     );
     assert_eq!(outcome.result.error, "");
@@ -935,6 +946,7 @@ fn scheduler_keeps_runs_in_their_pool_and_says_why_they_wait() {
             1,
             command::Kind::SubmitRun(SubmitRun {
                 request: Some(labelled),
+                ..Default::default()
             }),
         ),
     );
