@@ -776,11 +776,16 @@ impl Driver {
         if let Some((since, _)) = &self.transfer {
             let limit = self.config.tick * (self.config.election_ticks as u32) * 2;
             if since.elapsed() > limit {
+                let stepped_down = self.node.raft.state != StateRole::Leader;
                 if let Some((_, reply)) = self.transfer.take() {
-                    let _ = reply.send(Err(ProposeError::Rejected(
-                        "the leadership transfer did not complete; is the target up and caught up?"
-                            .to_string(),
-                    )));
+                    let _ = reply.send(if stepped_down {
+                        Ok(self.node.raft.leader_id)
+                    } else {
+                        Err(ProposeError::Rejected(
+                            "the leadership transfer did not complete; is the target up and caught up?"
+                                .to_string(),
+                        ))
+                    });
                 }
             }
         }
@@ -909,7 +914,8 @@ impl Driver {
                 let _ = reply.send(Err(ProposeError::LeaderChanged));
             }
         }
-        if status.role != Role::Leader || status.leader_id != self.node.raft.id {
+        // The transfer is done once another member is known to lead.
+        if status.leader_id != self.node.raft.id && status.leader_id != 0 {
             if let Some((_, reply)) = self.transfer.take() {
                 let _ = reply.send(Ok(status.leader_id));
             }

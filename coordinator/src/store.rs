@@ -14,11 +14,11 @@
 //! | `state/meta`               | `kiln.state.v1.StateMeta` (next run number, members) |
 //! | `state/run/<seq:u64be>`    | `kiln.state.v1.Run` (protobuf)                     |
 //!
-//! Each Raft `Ready` is written as ONE synced batch ([`Store::persist`]): new log entries, the
-//! hard state, and what the committed entries changed in the state machine together with the
-//! applied index and configuration. So a crash between any two writes leaves either all of a
-//! Ready or none of it, the applied index never runs ahead of the durable commit index, and a
-//! restart never applies an entry twice nor loses one.
+//! Each Raft `Ready` is written as ONE batch ([`Store::persist`]): new log entries, the hard
+//! state, and what the committed entries changed in the state machine together with the applied
+//! index and configuration; synced when it holds entries or a hard state. So a crash between any
+//! two writes leaves either all of a Ready or none of it, the applied index never runs ahead of
+//! the commit index stored with it, and a restart never applies an entry twice nor loses one.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -187,11 +187,17 @@ impl Store {
     }
 
     /// Writes one Ready: entries (replacing any conflicting suffix), hard state or commit
-    /// index, and the applied state, in one synced batch.
+    /// index, and the applied state, in one batch. The batch is synced when it holds log entries
+    /// or a hard state (a vote or term must be durable before it is answered). A batch of only
+    /// a commit index and applied state is not: the entries it applied are already durable in
+    /// the log, so if a crash loses it, the applied index and the state go back together and
+    /// the same entries are applied again on restart (the next synced write makes it durable
+    /// anyway, as RocksDB's WAL is sequential).
     pub fn persist(&self, persist: Persist<'_>) -> Result<(), StoreError> {
         if persist.is_empty() {
             return Ok(());
         }
+        let sync = !persist.entries.is_empty() || persist.hard_state.is_some();
         let mut batch = WriteBatch::default();
         let old_last = self.last_index.load(Ordering::SeqCst);
         let mut new_last = old_last;
@@ -229,7 +235,11 @@ impl Store {
             }
             batch.put(APPLIED_KEY, applied.index.to_be_bytes());
         }
-        self.write_synced(batch)?;
+        if sync {
+            self.write_synced(batch)?;
+        } else {
+            self.db.write(batch)?;
+        }
         self.last_index.store(new_last, Ordering::SeqCst);
         Ok(())
     }

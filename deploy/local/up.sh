@@ -130,14 +130,22 @@ start_member() {
         tcp_open "$(member_client "$n")"
 }
 
-# True when the cluster (asked through member 1) lists node N as a member.
+# `kiln cluster status -o json`; it exits non-zero while a member is down, which is expected
+# here (the member about to be started), so only its output counts.
+cluster_json() {
+    "$INSTALL_DIR/kiln" --coordinator "$(client_endpoints)" cluster status -o json 2>/dev/null || true
+}
+
+# True when the cluster lists node N as a member.
 is_member() {
-    "$INSTALL_DIR/kiln" --coordinator "$(client_endpoints)" cluster status -o json 2>/dev/null |
-        jq -e --argjson id "$1" '[.members[] | select(.id == $id)] | length > 0' >/dev/null
+    cluster_json | jq -e --argjson id "$1" '[.members[] | select(.id == $id)] | length > 0' >/dev/null
 }
 
 cluster_id() {
-    "$INSTALL_DIR/kiln" --coordinator "$(client_endpoints)" cluster status -o json | jq -r .cluster_id
+    local id
+    id=$(cluster_json | jq -r '.cluster_id // empty')
+    [[ -n $id ]] || die "cannot read the cluster id from kiln cluster status"
+    echo "$id"
 }
 
 start_coordinators() {

@@ -8,9 +8,21 @@ use std::net::IpAddr;
 use anyhow::{bail, Context as _};
 use tonic::transport::Uri;
 
-/// Checks that `address` is an `http(s)://HOST:PORT` coordinator address on this machine, or
-/// anywhere when `allow_remote` is set.
-pub fn check(address: &str, allow_remote: bool) -> anyhow::Result<()> {
+/// Checks that every endpoint of the comma-separated list `addresses` is an
+/// `http(s)://HOST:PORT` coordinator address on this machine, or anywhere when `allow_remote`
+/// is set.
+pub fn check(addresses: &str, allow_remote: bool) -> anyhow::Result<()> {
+    for address in addresses
+        .split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+    {
+        check_one(address, allow_remote)?;
+    }
+    Ok(())
+}
+
+fn check_one(address: &str, allow_remote: bool) -> anyhow::Result<()> {
     let uri: Uri = address.parse().with_context(|| {
         format!("'{address}' is not a coordinator address: use http://HOST:PORT")
     })?;

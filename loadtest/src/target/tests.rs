@@ -52,3 +52,12 @@ fn malformed_addresses_are_errors_even_with_allow_remote() {
         );
     }
 }
+
+#[test]
+fn every_endpoint_of_a_list_is_checked() {
+    assert!(check("http://127.0.0.1:7878,http://127.0.0.1:7888", false).is_ok());
+    let error = check("http://127.0.0.1:7878,http://10.0.0.5:7878", false)
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("10.0.0.5"), "{error}");
+}
