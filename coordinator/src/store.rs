@@ -43,10 +43,11 @@ const RUN_PREFIX: &[u8] = b"state/run/";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("cannot open the coordinator database in {path}: {source}")]
+    #[error("cannot open the coordinator database in {path}: {cause}{hint}")]
     Open {
         path: String,
-        source: rocksdb::Error,
+        cause: rocksdb::Error,
+        hint: &'static str,
     },
     #[error("coordinator database error: {0}")]
     Db(#[from] rocksdb::Error),
@@ -105,9 +106,14 @@ impl Store {
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let mut options = rocksdb::Options::default();
         options.create_if_missing(true);
-        let db = DB::open(&options, dir).map_err(|source| StoreError::Open {
+        let db = DB::open(&options, dir).map_err(|cause| StoreError::Open {
             path: dir.display().to_string(),
-            source,
+            hint: if cause.to_string().contains("lock") {
+                " (is another kiln-coordinator running on this data directory?)"
+            } else {
+                ""
+            },
+            cause,
         })?;
         let store = Self {
             db: Arc::new(db),

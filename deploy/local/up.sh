@@ -2,7 +2,8 @@
 # up.sh — bring up a one-machine kiln: the infrastructure (infra.sh start), the release binaries
 # installed to /usr/local/bin, the coordinators and one agent in the background.
 #
-#   up.sh                     one coordinator (a cluster of one) on 127.0.0.1:7878
+#   up.sh                     one coordinator (a cluster of one) on 127.0.0.1:7878, or as many
+#                             as the farm already has
 #   up.sh --coordinators 3    a Raft cluster of 3 (or 5): member N listens on 127.0.0.1, client
 #                             port 7878+10*(N-1), peer port +1, HTTP (health) port +2
 #
@@ -24,7 +25,7 @@ AGENT_ID=${KILN_AGENT_ID:-local-1}
 declare -A PACKAGE_OF=([kiln-coordinator]=kiln-coordinator [kiln-agent]=kiln-agent [kiln]=kiln-ctl)
 # Names of the processes whose binary changed in this run (restarted if running).
 CHANGED=()
-COORDINATORS=1
+COORDINATORS=""
 
 usage() {
     echo "usage: up.sh [--coordinators 1|3|5]" >&2
@@ -46,7 +47,21 @@ while (($#)); do
         *) die "unknown argument '$1' (usage: up.sh [--coordinators 1|3|5])" ;;
     esac
 done
+# Members that already have a data directory: a farm that was grown keeps its members (plain
+# up.sh after `up.sh --coordinators 3` starts all three; shrinking is `kiln cluster remove`).
+EXISTING=1
+for dir in "$KILN_HOME"/coordinator-*/db; do
+    [[ -d $dir ]] || continue
+    n=${dir%/db}
+    n=${n##*coordinator-}
+    [[ $n =~ ^[0-9]+$ ]] && ((n > EXISTING)) && EXISTING=$n
+done
+if [[ -z $COORDINATORS ]]; then
+    COORDINATORS=$EXISTING
+fi
 [[ $COORDINATORS =~ ^[1-9]$ ]] || die "--coordinators must be a number from 1 to 9, not '$COORDINATORS'"
+((COORDINATORS >= EXISTING)) ||
+    die "this farm has $EXISTING coordinators ($KILN_HOME/coordinator-$EXISTING exists); remove members with 'kiln cluster remove ID' and delete their directories before asking for $COORDINATORS"
 
 build_binaries() {
     setup_rust_env
