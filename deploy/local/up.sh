@@ -236,8 +236,7 @@ kiln is up.
   registry     http://$KILN_REGISTRY
   docker       $DOCKER_HOST
 Try:  kiln agents; kiln cluster status
-      (with several coordinators: KILN_COORDINATOR=$(client_endpoints) kiln … keeps working
-       while member 1 is down)
+$( ((COORDINATORS > 1)) && echo "      KILN_COORDINATOR=$(client_endpoints) kiln … keeps working while member 1 is down" || true)
 Stop: deploy/local/down.sh
 EOF
 }

@@ -12,11 +12,15 @@ use tonic::transport::Uri;
 /// `http(s)://HOST:PORT` coordinator address on this machine, or anywhere when `allow_remote`
 /// is set.
 pub fn check(addresses: &str, allow_remote: bool) -> anyhow::Result<()> {
-    for address in addresses
+    let list: Vec<&str> = addresses
         .split(',')
         .map(str::trim)
         .filter(|a| !a.is_empty())
-    {
+        .collect();
+    if list.is_empty() {
+        bail!("no coordinator address given: use http://HOST:PORT (or a comma-separated list)");
+    }
+    for address in list {
         check_one(address, allow_remote)?;
     }
     Ok(())
