@@ -192,14 +192,20 @@ agent_connected() {
 }
 
 start_agent() {
+    # The coordinator list the running agent was given: a grown cluster means a restart, or
+    # the agent would only know member 1.
+    local endpoints_file="$KILN_RUN_DIR/agent.coordinators" given=""
+    [[ -f $endpoints_file ]] && given=$(<"$endpoints_file")
     if pid_alive agent; then
-        if ! changed kiln-agent && ! changed kiln-coordinator; then
+        if ! changed kiln-agent && ! changed kiln-coordinator && [[ $given == "$(client_endpoints)" ]]; then
             log "agent: already running (pid $(pid_of agent))"
             return 0
         fi
-        log "agent: binary or coordinator changed, restarting"
+        log "agent: binary, coordinator or coordinator list changed, restarting"
         stop_bg agent 30
     fi
+    mkdir -p "$KILN_RUN_DIR"
+    client_endpoints >"$endpoints_file"
     mkdir -p "$KILN_HOME/agent"
     # The agent's secret store: one file per Key Vault secret, DIR/<vault-host>/<name>.
     install -d -m 0700 "$KILN_HOME/secrets"
