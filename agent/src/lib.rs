@@ -13,6 +13,7 @@ pub mod blobs;
 pub mod cmdline;
 pub mod config;
 pub mod executor;
+pub mod live_tail;
 pub mod logs;
 pub mod mask;
 pub mod platform_gate;

@@ -173,6 +173,7 @@ impl StepLog {
             files: 0,
             current: None,
             index: 0,
+            stored: 0,
             total: 0,
             cutting: true,
         };
@@ -245,15 +246,18 @@ struct Live {
 }
 
 impl Live {
-    async fn send(&self, data: &[u8]) {
+    /// Sends `data`, which starts at byte `offset` of the step's log.
+    async fn send(&self, data: &[u8], mut offset: u64) {
         for chunk in data.chunks(LOG_CHUNK_BYTES) {
             self.reports
                 .send(Report::Log(LogChunk {
                     run_id: self.run_id.clone(),
                     step_id: self.step_id.clone(),
                     data: chunk.to_vec(),
+                    offset: Some(offset),
                 }))
                 .await;
+            offset += chunk.len() as u64;
         }
     }
 }
@@ -287,6 +291,8 @@ struct Segments {
     current: Option<Current>,
     /// The index of the next stored segment.
     index: u32,
+    /// Bytes in the segments stored so far: where the next one starts.
+    stored: u64,
     /// Every byte written.
     total: u64,
     /// Whether segments are still stored while the step runs (false after an upload failed
@@ -410,9 +416,11 @@ impl Segments {
                 index: self.index,
                 digest,
                 size,
+                offset: self.stored,
             }))
             .await;
         self.index += 1;
+        self.stored += size;
     }
 
     /// Makes the file at `path` (`size` bytes, older than the scratch file) the scratch file,
@@ -509,11 +517,12 @@ async fn pump(
                         Err(_) => break,
                     }
                 }
+                let offset = segments.total;
                 segments.write(&batch).await?;
                 if upload.is_none() && segments.full() {
                     upload = Some(segments.cut().await?);
                 }
-                live.send(&batch).await;
+                live.send(&batch, offset).await;
             }
             result = upload_done(&mut upload) => {
                 if let Some(done) = upload.take() {
@@ -529,8 +538,9 @@ async fn pump(
         }
     }
     let tail = masking.finish();
+    let offset = segments.total;
     segments.write(&tail).await?;
-    live.send(&tail).await;
+    live.send(&tail, offset).await;
     if let Some(mut done) = upload.take() {
         let result = done.future.as_mut().await;
         segments.uploaded(done, result).await?;

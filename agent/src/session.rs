@@ -51,6 +51,7 @@ use tokio_util::sync::CancellationToken;
 use crate::blobs::BlobStore;
 use crate::config::AgentConfig;
 use crate::executor::ContainerRuntime;
+use crate::live_tail::LiveTails;
 use crate::reports::{CommitResult, Envelope, Report, ReportError, ReportReceiver};
 use crate::runner::{self, RunnerEnv};
 use crate::spool::Spool;
@@ -206,6 +207,8 @@ struct Session<R: ContainerRuntime, B: BlobStore> {
     task_runs: HashMap<tokio::task::Id, String>,
     waiters: HashMap<u64, oneshot::Sender<CommitResult>>,
     outbox: VecDeque<AgentMessage>,
+    /// Live output no acknowledged log segment covers yet, sent again on every new session.
+    tails: LiveTails,
     heartbeat_every: Duration,
     silence_limit: Duration,
     heartbeat_seq: u64,
@@ -259,6 +262,7 @@ pub async fn run<R: ContainerRuntime, B: BlobStore>(
         task_runs: HashMap::new(),
         waiters: HashMap::new(),
         outbox: VecDeque::new(),
+        tails: LiveTails::default(),
         heartbeat_every: DEFAULT_HEARTBEAT,
         silence_limit: DEFAULT_SILENCE_LIMIT,
         heartbeat_seq: 0,
@@ -367,6 +371,20 @@ pub async fn run<R: ContainerRuntime, B: BlobStore>(
                 session.outbox.clear();
                 session.spool.reset_sent();
                 session.outbox.extend(session.spool.due(RESEND_AFTER));
+                // After the spooled reports (the stored segments they name come first).
+                let replay: Vec<AgentMessage> = session
+                    .tails
+                    .replay()
+                    .map(|chunk| Report::Log(chunk.clone()).into_message())
+                    .collect();
+                if !replay.is_empty() {
+                    tracing::info!(
+                        chunks = replay.len(),
+                        bytes = session.tails.bytes(),
+                        "sending the live output no stored log segment covers yet again"
+                    );
+                }
+                session.outbox.extend(replay);
                 conn = Connection::Up {
                     tx,
                     inbound: Box::new(inbound),
@@ -461,6 +479,7 @@ pub async fn run<R: ContainerRuntime, B: BlobStore>(
             Event::RunEnded(Some(Err(error))) => {
                 if let Some(run_id) = session.task_runs.remove(&error.id()) {
                     tracing::error!(run_id, %error, "run task died");
+                    session.tails.run_ended(&run_id);
                     let mut report = runner::crashed_report(&run_id, &error.to_string());
                     if let Some(epoch) = session.epochs.remove(&run_id) {
                         report.set_epoch(epoch);
@@ -627,6 +646,7 @@ impl<R: ContainerRuntime, B: BlobStore> Session<R, B> {
         report.set_epoch(epoch);
         if let Report::Finished(finished) = &mut report {
             self.epochs.remove(&run_id);
+            self.tails.run_ended(&run_id);
             let canceled = finished.status == kiln_proto::pb::RunStatus::Canceled as i32;
             if let Some(reason) = self.cancel_reasons.remove(&run_id) {
                 if canceled {
@@ -635,8 +655,11 @@ impl<R: ContainerRuntime, B: BlobStore> Session<R, B> {
             }
         }
         if !report.is_durable() {
-            // Live log chunks: sent when connected, dropped otherwise (the stored log segments
-            // carry the same bytes).
+            // Live log chunks: sent when connected, and kept until a stored segment covers
+            // them, to be sent again to the next coordinator (see `live_tail`).
+            if let Report::Log(chunk) = &report {
+                self.tails.record(chunk);
+            }
             if up {
                 self.outbox.push_back(report.into_message());
             }
@@ -749,6 +772,15 @@ impl<R: ContainerRuntime, B: BlobStore> Session<R, B> {
             return;
         };
         let waiter = self.waiters.remove(&ack.report_id);
+        if let Some(agent_message::Msg::LogStored(stored)) = &message.msg {
+            // Committed or refused for good: either way it is never sent again, and what it
+            // covers need not be either.
+            self.tails.stored(
+                &stored.run_id,
+                &stored.step_id,
+                stored.offset.saturating_add(stored.size),
+            );
+        }
         if ack.error.is_empty() {
             if let Some(waiter) = waiter {
                 let _ = waiter.send(Ok(()));

@@ -29,7 +29,7 @@ use kiln_state::{scheduler, PlatformSpec};
 
 use crate::agents::{AgentHello, Agents, AGENT_OUTBOX};
 use crate::control::LivenessConfig;
-use crate::logs::LogHub;
+use crate::logs::{Cursor, LogHub};
 use crate::raft_node::{now_ms, NotLeader, ProposeError, RaftHandle};
 use crate::stored_logs;
 use crate::transport::cluster_id_text;
@@ -306,10 +306,14 @@ impl Control for Api {
 type LogSender = mpsc::Sender<Result<LogChunk, Status>>;
 
 impl Api {
-    /// Sends a run's log: stored step logs for what has ended, the live buffer for what has not,
-    /// and with `follow` the live output until the run ends.
+    /// Sends a run's log, and with `follow` the live output until the run ends. A coordinator
+    /// that has watched the run from its start sends its live buffer. Any other (a new leader,
+    /// a restarted one, one whose buffer dropped output) sends what is stored of every step,
+    /// running ones too, then its buffer and the live output; a [`Cursor`] cuts the overlap,
+    /// so each byte of a step goes out once, with its offset in the step's log.
     async fn send_logs(&self, run_id: &str, follow: bool, tx: &LogSender) -> Result<(), Status> {
         let mut applied = self.raft.applied();
+        let mut cursor = Cursor::default();
         loop {
             // Subscribe before reading the state, so that nothing falls between the two.
             let subscription = self.logs.subscribe(run_id);
@@ -325,16 +329,16 @@ impl Api {
                 continue;
             }
             let finished = is_terminal(run.status());
-            let stored_all = finished || !subscription.complete;
-            if stored_all {
-                self.send_stored(&run, finished, tx).await?;
+            if finished || !subscription.complete {
+                self.send_stored(&run, finished, &mut cursor, tx).await?;
             }
             if finished {
                 self.logs.close(run_id);
                 return Ok(());
             }
-            // The live buffer: whole if it is complete, else only the steps still running (the
-            // ended ones were just sent from storage).
+            // The live buffer: whole if it is complete; else the notices and the steps still
+            // running (the ended ones were just sent from storage; the cursor cuts what the
+            // running ones stored).
             let running_steps: Vec<String> = run
                 .steps
                 .iter()
@@ -346,8 +350,8 @@ impl Api {
                     || chunk.step_id.is_empty()
                     || running_steps.contains(&chunk.step_id)
             };
-            for chunk in subscription.buffered.iter().filter(|c| wanted(c)) {
-                send(tx, chunk.clone()).await?;
+            for chunk in subscription.buffered.into_iter().filter(|c| wanted(c)) {
+                send_new(tx, &mut cursor, chunk).await?;
             }
             if !follow {
                 return Ok(());
@@ -355,52 +359,41 @@ impl Api {
             let mut live = subscription.live;
             loop {
                 match live.recv().await {
-                    Ok(chunk) => send(tx, chunk).await?,
+                    Ok(chunk) => send_new(tx, &mut cursor, chunk).await?,
                     Err(broadcast::error::RecvError::Closed) => return Ok(()),
                     Err(broadcast::error::RecvError::Lagged(missed)) => {
                         let notice = format!(
                             "\n[kiln] this client fell behind and missed {missed} log chunks; `kiln logs {run_id}` shows the complete log once the run ends\n"
                         );
-                        send(
-                            tx,
-                            LogChunk {
-                                run_id: run_id.to_string(),
-                                step_id: String::new(),
-                                data: notice.into_bytes(),
-                            },
-                        )
-                        .await?;
+                        send(tx, notice_chunk(run_id, "", notice)).await?;
                     }
                 }
             }
         }
     }
 
-    async fn send_stored(&self, run: &Run, finished: bool, tx: &LogSender) -> Result<(), Status> {
+    /// Sends what is stored of each step that has a stored log (all of it once the step
+    /// ended, the segments so far while it runs), after what `cursor` says was sent; a notice
+    /// for an ended step whose log was not stored; and, for a run that ended other than
+    /// Succeeded, why.
+    async fn send_stored(
+        &self,
+        run: &Run,
+        finished: bool,
+        cursor: &mut Cursor,
+        tx: &LogSender,
+    ) -> Result<(), Status> {
         for step in &run.steps {
-            if !is_step_terminal(step.status()) {
-                continue;
+            if stored_logs::has_stored_log(step) {
+                stored_logs::send_step_log(&self.registry, &run.id, step, cursor, tx).await?;
+            } else if is_step_terminal(step.status()) && step.started_at_ms > 0 {
+                let notice = format!(
+                    "[kiln] the log of step {} was not stored{}\n",
+                    step.id,
+                    reason_suffix(&step.reason)
+                );
+                send(tx, notice_chunk(&run.id, &step.id, notice)).await?;
             }
-            if !stored_logs::has_stored_log(step) {
-                if step.started_at_ms > 0 {
-                    let notice = format!(
-                        "[kiln] the log of step {} was not stored{}\n",
-                        step.id,
-                        reason_suffix(&step.reason)
-                    );
-                    send(
-                        tx,
-                        LogChunk {
-                            run_id: run.id.clone(),
-                            step_id: step.id.clone(),
-                            data: notice.into_bytes(),
-                        },
-                    )
-                    .await?;
-                }
-                continue;
-            }
-            stored_logs::send_step_log(&self.registry, &run.id, step, tx).await?;
         }
         if finished && !run.reason.is_empty() && run.status() != RunStatus::Succeeded {
             let summary = format!(
@@ -409,17 +402,27 @@ impl Api {
                 kiln_state::machine::status_name(run.status()),
                 run.reason
             );
-            send(
-                tx,
-                LogChunk {
-                    run_id: run.id.clone(),
-                    step_id: String::new(),
-                    data: summary.into_bytes(),
-                },
-            )
-            .await?;
+            send(tx, notice_chunk(&run.id, "", summary)).await?;
         }
         Ok(())
+    }
+}
+
+/// A line the coordinator writes into a run's log (not part of any step's output).
+fn notice_chunk(run_id: &str, step_id: &str, text: String) -> LogChunk {
+    LogChunk {
+        run_id: run_id.to_string(),
+        step_id: step_id.to_string(),
+        data: text.into_bytes(),
+        offset: None,
+    }
+}
+
+/// Sends the part of `chunk` this stream has not sent yet.
+async fn send_new(tx: &LogSender, cursor: &mut Cursor, chunk: LogChunk) -> Result<(), Status> {
+    match cursor.admit(chunk) {
+        Some(chunk) => send(tx, chunk).await,
+        None => Ok(()),
     }
 }
 

@@ -99,6 +99,43 @@ impl RunLog {
     }
 }
 
+/// What one log stream has sent of each step: the end of the contiguous bytes from the step's
+/// start. A stream puts a step's stored segments and the live chunks of the same bytes
+/// together (a new leader's buffer starts where the agent's unacknowledged output starts,
+/// which overlaps what is stored), so each chunk is cut to what was not sent yet.
+#[derive(Debug, Default)]
+pub struct Cursor {
+    sent: HashMap<String, u64>,
+}
+
+impl Cursor {
+    /// Where the step's unsent bytes start.
+    pub fn sent(&self, step_id: &str) -> u64 {
+        self.sent.get(step_id).copied().unwrap_or(0)
+    }
+
+    /// The part of `chunk` not sent yet, or `None` when it was all sent. Chunks without an
+    /// offset (notices, and the output of agents older than offsets) pass as they are. A
+    /// chunk past a gap passes too: the client says what is missing.
+    pub fn admit(&mut self, mut chunk: LogChunk) -> Option<LogChunk> {
+        let Some(offset) = chunk.offset else {
+            return Some(chunk);
+        };
+        let end = offset + chunk.data.len() as u64;
+        let sent = self.sent.entry(chunk.step_id.clone()).or_default();
+        if end <= *sent {
+            return None;
+        }
+        if offset < *sent {
+            let skip = (*sent - offset) as usize;
+            chunk.data.drain(..skip);
+            chunk.offset = Some(*sent);
+        }
+        *sent = end;
+        Some(chunk)
+    }
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
@@ -114,7 +151,50 @@ mod tests {
             run_id: run.into(),
             step_id: "s".into(),
             data: data.to_vec(),
+            offset: None,
         }
+    }
+
+    fn at(step: &str, offset: u64, data: &[u8]) -> LogChunk {
+        LogChunk {
+            run_id: "ca1".into(),
+            step_id: step.into(),
+            data: data.to_vec(),
+            offset: Some(offset),
+        }
+    }
+
+    #[test]
+    fn a_cursor_sends_each_byte_of_a_step_once() {
+        let mut cursor = Cursor::default();
+        let mut out = Vec::new();
+        let mut feed = |cursor: &mut Cursor, chunk: LogChunk| {
+            if let Some(c) = cursor.admit(chunk) {
+                out.push((c.step_id.clone(), c.offset, c.data));
+            }
+        };
+        // Stored segments, then a live buffer that starts inside them.
+        feed(&mut cursor, at("a", 0, b"one\n"));
+        feed(&mut cursor, at("a", 4, b"two\n"));
+        feed(&mut cursor, at("a", 2, b"e\ntwo\nthr"));
+        feed(&mut cursor, at("a", 0, b"one\n"));
+        feed(&mut cursor, at("b", 0, b"x"));
+        feed(&mut cursor, chunk("ca1", b"[notice]"));
+        // A gap passes through, and the cursor moves past it.
+        feed(&mut cursor, at("a", 20, b"later"));
+        feed(&mut cursor, at("a", 18, b"..la"));
+        assert_eq!(cursor.sent("a"), 25);
+        assert_eq!(
+            out,
+            vec![
+                ("a".to_string(), Some(0), b"one\n".to_vec()),
+                ("a".to_string(), Some(4), b"two\n".to_vec()),
+                ("a".to_string(), Some(8), b"thr".to_vec()),
+                ("b".to_string(), Some(0), b"x".to_vec()),
+                ("s".to_string(), None, b"[notice]".to_vec()),
+                ("a".to_string(), Some(20), b"later".to_vec()),
+            ]
+        );
     }
 
     #[tokio::test]

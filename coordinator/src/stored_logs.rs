@@ -11,6 +11,8 @@ use kiln_state::pb::Step;
 use tokio::sync::mpsc;
 use tonic::Status;
 
+use crate::logs::Cursor;
+
 /// Largest `LogChunk` sent for a stored log.
 pub const LOG_PIECE: usize = 64 * 1024;
 
@@ -22,43 +24,73 @@ pub fn has_stored_log(step: &Step) -> bool {
     !step.log_segments.is_empty() || !step.log_digest.is_empty()
 }
 
-/// The blobs holding the step's log, in log order.
-pub fn log_blobs(step: &Step) -> Vec<String> {
+/// One blob of a step's log: where it starts in the step's log and how long it is (`None` for
+/// the single blob of protocol-1 agents, whose size the state may not know).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogBlob {
+    pub digest: String,
+    pub offset: u64,
+    pub size: Option<u64>,
+}
+
+/// The blobs holding the step's log, in log order, with their offsets.
+pub fn log_blobs(step: &Step) -> Vec<LogBlob> {
     if step.log_segments.is_empty() {
         return if step.log_digest.is_empty() {
             Vec::new()
         } else {
-            vec![step.log_digest.clone()]
+            vec![LogBlob {
+                digest: step.log_digest.clone(),
+                offset: 0,
+                size: None,
+            }]
         };
     }
-    let mut segments: Vec<(u32, &str)> = step
-        .log_segments
-        .iter()
-        .map(|s| (s.index, s.digest.as_str()))
-        .collect();
-    segments.sort_by_key(|(index, _)| *index);
-    segments.into_iter().map(|(_, d)| d.to_string()).collect()
+    let mut segments: Vec<_> = step.log_segments.iter().collect();
+    segments.sort_by_key(|s| s.index);
+    let mut offset = 0;
+    segments
+        .into_iter()
+        .map(|s| {
+            let blob = LogBlob {
+                digest: s.digest.clone(),
+                offset,
+                size: Some(s.size),
+            };
+            offset += s.size;
+            blob
+        })
+        .collect()
 }
 
 /// Sends the stored log of `step` (of run `run_id`) to `tx`, blob after blob, in pieces of at
-/// most `LOG_PIECE` bytes. Sends nothing for a step without a stored log (see
-/// `has_stored_log`). Fails with `unavailable` when a blob cannot be read, `data_loss` when
-/// one does not match its digest (the pieces before the error have been sent), and
-/// `cancelled` when the client went away.
+/// most `LOG_PIECE` bytes, each with its offset in the step's log, leaving out what `cursor`
+/// says this stream already sent (a blob wholly sent is not read at all). Sends nothing for a
+/// step without a stored log (see `has_stored_log`). Fails with `unavailable` when a blob
+/// cannot be read, `data_loss` when one does not match its digest (the pieces before the
+/// error have been sent), and `cancelled` when the client went away.
 pub async fn send_step_log(
     registry: &Registry,
     run_id: &str,
     step: &Step,
+    cursor: &mut Cursor,
     tx: &LogSender,
 ) -> Result<(), Status> {
-    for digest in log_blobs(step) {
+    for blob in log_blobs(step) {
+        if blob
+            .size
+            .is_some_and(|size| blob.offset + size <= cursor.sent(&step.id))
+        {
+            continue;
+        }
         let stream = registry
-            .pull_blob_stream(LOGS_REPOSITORY, &digest, LOG_PIECE)
+            .pull_blob_stream(LOGS_REPOSITORY, &blob.digest, LOG_PIECE)
             .await
             .map_err(|error| {
                 Status::unavailable(format!("cannot read the log of step {}: {error}", step.id))
             })?;
         let mut stream = std::pin::pin!(stream);
+        let mut offset = blob.offset;
         loop {
             let piece = stream.try_next().await.map_err(|error| match error {
                 kiln_registry::Error::DigestMismatch { .. } => Status::data_loss(format!(
@@ -74,6 +106,11 @@ pub async fn send_step_log(
                 run_id: run_id.to_string(),
                 step_id: step.id.clone(),
                 data: piece.to_vec(),
+                offset: Some(offset),
+            };
+            offset += piece.len() as u64;
+            let Some(chunk) = cursor.admit(chunk) else {
+                continue;
             };
             tx.send(Ok(chunk))
                 .await
@@ -111,7 +148,7 @@ mod tests {
             }
             chunks
         });
-        let result = send_step_log(registry, "ca7", step, &tx).await;
+        let result = send_step_log(registry, "ca7", step, &mut Cursor::default(), &tx).await;
         drop(tx);
         (reader.await.expect("reader"), result)
     }
@@ -133,13 +170,23 @@ mod tests {
             ],
             ..Default::default()
         };
-        assert_eq!(log_blobs(&step), vec!["sha256:a", "sha256:b"]);
+        let blobs = log_blobs(&step);
+        let digests: Vec<&str> = blobs.iter().map(|b| b.digest.as_str()).collect();
+        assert_eq!(digests, vec!["sha256:a", "sha256:b"]);
+        assert_eq!((blobs[0].offset, blobs[1].offset), (0, 1));
         assert!(has_stored_log(&step));
         let old = Step {
             log_digest: "sha256:c".into(),
             ..Default::default()
         };
-        assert_eq!(log_blobs(&old), vec!["sha256:c"]);
+        assert_eq!(
+            log_blobs(&old),
+            vec![LogBlob {
+                digest: "sha256:c".into(),
+                offset: 0,
+                size: None
+            }]
+        );
         let none = Step::default();
         assert!(log_blobs(&none).is_empty() && !has_stored_log(&none));
     }
@@ -178,7 +225,35 @@ mod tests {
             .iter()
             .all(|c| c.run_id == "ca7" && c.step_id == "build"));
         let all: Vec<u8> = chunks.iter().flat_map(|c| c.data.clone()).collect();
-        assert_eq!(all, [first, second].concat());
+        let whole = [first.clone(), second.clone()].concat();
+        assert_eq!(all, whole);
+        let mut expected = 0;
+        for chunk in &chunks {
+            assert_eq!(chunk.offset, Some(expected));
+            expected += chunk.data.len() as u64;
+        }
+
+        // A stream that already sent part of the log gets the rest only, from its offset.
+        let mut cursor = Cursor::default();
+        let sent = 160_000u64;
+        cursor.admit(LogChunk {
+            run_id: "ca7".into(),
+            step_id: "build".into(),
+            data: whole[..sent as usize].to_vec(),
+            offset: Some(0),
+        });
+        let (tx, mut rx): (LogSender, _) = mpsc::channel(64);
+        send_step_log(&registry, "ca7", &step, &mut cursor, &tx)
+            .await
+            .expect("sent");
+        drop(tx);
+        let first_rest = rx.recv().await.expect("a chunk").expect("ok");
+        assert_eq!(first_rest.offset, Some(sent));
+        let mut rest = first_rest.data;
+        while let Some(chunk) = rx.recv().await {
+            rest.extend(chunk.expect("ok").data);
+        }
+        assert_eq!(rest, whole[sent as usize..]);
     }
 
     #[tokio::test]
@@ -229,7 +304,7 @@ mod tests {
         };
         let (tx, rx): (LogSender, _) = mpsc::channel(1);
         drop(rx);
-        let status = send_step_log(&registry, "ca7", &step, &tx)
+        let status = send_step_log(&registry, "ca7", &step, &mut Cursor::default(), &tx)
             .await
             .expect_err("no client");
         assert_eq!(status.code(), tonic::Code::Cancelled);

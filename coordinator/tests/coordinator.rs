@@ -421,6 +421,7 @@ async fn runs_are_scheduled_by_platform_reported_and_survive_a_restart() {
                 run_id: amd.clone(),
                 step_id: "acb_step_0".into(),
                 data: b"hi\n".to_vec(),
+                offset: Some(0),
             }),
             0,
         )
@@ -524,6 +525,7 @@ async fn reports_from_another_stream_or_an_old_lease_change_nothing_and_are_told
             index: 0,
             digest: format!("sha256:{}", "f".repeat(64)),
             size: 1,
+            offset: 0,
         }),
         finished(&run_id, epoch, RunStatus::Succeeded),
     ];
@@ -886,6 +888,7 @@ async fn every_report_resent_after_its_agent_died_before_the_ack_is_applied_once
             index: 0,
             digest: format!("sha256:{}", "c".repeat(64)),
             size: 3,
+            offset: 0,
         }),
         agent_message::Msg::ImagePushed(ImagePushed {
             run_id: run_id.clone(),

@@ -27,12 +27,11 @@ pub struct Farm {
     pub bin_dir: PathBuf,
     pub registry: String,
     pub docker_host: String,
+    /// The coordinators' client URLs, comma-separated (what `--coordinator` takes).
     pub address: String,
     pub agent_id: String,
-    port: u16,
-    /// The coordinator's Raft peer port (a cluster of one still listens for peers).
-    peer_port: u16,
-    coordinator: Option<Child>,
+    /// The coordinators: one, or the members of a cluster.
+    members: Vec<Member>,
     agent: Option<Child>,
     /// Extra flags for every start of the agent.
     agent_args: Vec<OsString>,
@@ -54,6 +53,33 @@ fn required_env(name: &str) -> String {
         _ => panic!(
             "{name} is not set: run the end-to-end tests through ./test.sh, which starts the Docker Engine, the registry and QEMU and builds the binaries"
         ),
+    }
+}
+
+/// One coordinator process of the farm.
+struct Member {
+    id: u64,
+    port: u16,
+    /// Its Raft peer port (a cluster of one still listens for peers).
+    peer_port: u16,
+    child: Option<Child>,
+}
+
+impl Member {
+    /// The name of its data directory and log file.
+    fn name(&self) -> String {
+        if self.id == 1 {
+            "coordinator".to_string()
+        } else {
+            format!("coordinator-{}", self.id)
+        }
+    }
+
+    fn initial_member(&self) -> String {
+        format!(
+            "id={},peer=http://127.0.0.1:{},client=http://127.0.0.1:{}",
+            self.id, self.peer_port, self.port
+        )
     }
 }
 
@@ -82,6 +108,16 @@ impl Farm {
 
     /// Like `start`, with extra flags for the coordinator and the agent (kept for restarts).
     pub fn start_with_args(coordinator_args: &[&str], agent_args: &[OsString]) -> Self {
+        Self::start_members(1, coordinator_args, agent_args)
+    }
+
+    /// Starts a cluster of `members` coordinators (node ids 1…) and one agent that knows them
+    /// all.
+    pub fn start_cluster(members: u64) -> Self {
+        Self::start_members(members, &[], &[])
+    }
+
+    fn start_members(count: u64, coordinator_args: &[&str], agent_args: &[OsString]) -> Self {
         let bin_dir = PathBuf::from(required_env("KILN_BIN_DIR"));
         for binary in ["kiln", "kiln-coordinator", "kiln-agent"] {
             assert!(
@@ -90,17 +126,27 @@ impl Farm {
                 bin_dir.join(binary).display()
             );
         }
-        let port = free_port();
+        let members: Vec<Member> = (1..=count)
+            .map(|id| Member {
+                id,
+                port: free_port(),
+                peer_port: free_port(),
+                child: None,
+            })
+            .collect();
+        let address = members
+            .iter()
+            .map(|m| format!("http://127.0.0.1:{}", m.port))
+            .collect::<Vec<_>>()
+            .join(",");
         let mut farm = Self {
             dir: tempfile::tempdir().expect("a temporary directory"),
             bin_dir,
             registry: required_env("KILN_REGISTRY"),
             docker_host: required_env("DOCKER_HOST"),
-            address: format!("http://127.0.0.1:{port}"),
+            address,
             agent_id: unique("agent"),
-            port,
-            peer_port: free_port(),
-            coordinator: None,
+            members,
             agent: None,
             agent_args: agent_args.to_vec(),
             coordinator_args: coordinator_args.iter().map(OsString::from).collect(),
@@ -118,30 +164,76 @@ impl Farm {
             .expect("a log file in the temporary directory")
     }
 
+    /// Starts every coordinator that is not running, and waits until the farm answers.
     pub fn start_coordinator(&mut self) {
-        let child = Command::new(self.bin_dir.join("kiln-coordinator"))
-            .args(["--listen", &format!("127.0.0.1:{}", self.port)])
-            .args(["--peer-listen", &format!("127.0.0.1:{}", self.peer_port)])
-            .args(["--http-listen", "off", "--initial-cluster-state", "new"])
-            .arg("--data-dir")
-            .arg(self.dir.path().join("coordinator"))
-            .args(["--registry", &self.registry])
-            .args(["--agent-grace-seconds", &AGENT_GRACE_SECONDS.to_string()])
-            .args(&self.coordinator_args)
-            .stdout(self.log_file("coordinator"))
-            .stderr(self.log_file("coordinator"))
-            .spawn()
-            .expect("kiln-coordinator starts");
-        self.coordinator = Some(child);
+        for index in 0..self.members.len() {
+            if self.members[index].child.is_none() {
+                self.spawn_member(index);
+            }
+        }
         self.wait_for("the coordinator to answer", || {
             self.kiln(&["agents"]).status.success()
         });
     }
 
-    /// Stops the coordinator with SIGTERM and waits for it to exit.
+    fn spawn_member(&mut self, index: usize) {
+        let initial: Vec<String> = self.members.iter().map(Member::initial_member).collect();
+        let member = &self.members[index];
+        let name = member.name();
+        let child = Command::new(self.bin_dir.join("kiln-coordinator"))
+            .args(["--node-id", &member.id.to_string()])
+            .args(["--listen", &format!("127.0.0.1:{}", member.port)])
+            .args(["--peer-listen", &format!("127.0.0.1:{}", member.peer_port)])
+            .args(["--http-listen", "off", "--initial-cluster-state", "new"])
+            .args(["--initial-member", &initial.join(";")])
+            .arg("--data-dir")
+            .arg(self.dir.path().join(&name))
+            .args(["--registry", &self.registry])
+            .args(["--agent-grace-seconds", &AGENT_GRACE_SECONDS.to_string()])
+            .args(&self.coordinator_args)
+            .stdout(self.log_file(&name))
+            .stderr(self.log_file(&name))
+            .spawn()
+            .expect("kiln-coordinator starts");
+        self.members[index].child = Some(child);
+    }
+
+    /// Stops every coordinator with SIGTERM and waits for them to exit.
     pub fn stop_coordinator(&mut self) {
-        if let Some(child) = self.coordinator.take() {
-            terminate(child);
+        for member in &mut self.members {
+            if let Some(child) = member.child.take() {
+                terminate(child);
+            }
+        }
+    }
+
+    /// The node id of the cluster's leader, once a running member says it leads (`kiln
+    /// cluster status` exits non-zero while a member is down, but still names the leader).
+    pub fn leader(&self) -> u64 {
+        let mut leader = 0;
+        self.wait_for("the cluster to have a leader", || {
+            let output = self.kiln(&["cluster", "status"]);
+            leader = String::from_utf8_lossy(&output.stdout)
+                .lines()
+                .next()
+                .and_then(|line| line.split("Leader: ").nth(1))
+                .and_then(|id| id.trim().parse().ok())
+                .unwrap_or(0);
+            leader > 0
+        });
+        leader
+    }
+
+    /// Kills coordinator `id` with SIGKILL (no hand-over), like a crashed machine.
+    pub fn kill_coordinator(&mut self, id: u64) {
+        let member = self
+            .members
+            .iter_mut()
+            .find(|m| m.id == id)
+            .expect("a member of this farm");
+        if let Some(mut child) = member.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
 
@@ -240,6 +332,27 @@ impl Farm {
         self.kiln_in(Path::new("."), args)
     }
 
+    /// Starts the `kiln` CLI against this farm without waiting for it; its standard output
+    /// goes to `<farm dir>/<name>.out` (read it with [`Farm::output_of`]), its errors to
+    /// `<name>.log`.
+    pub fn spawn_kiln(&self, name: &str, args: &[&str]) -> Child {
+        let stdout = std::fs::File::create(self.dir.path().join(format!("{name}.out")))
+            .expect("an output file in the temporary directory");
+        Command::new(self.bin_dir.join("kiln"))
+            .args(args)
+            .env("KILN_COORDINATOR", &self.address)
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(self.log_file(name))
+            .spawn()
+            .expect("the kiln CLI runs")
+    }
+
+    /// What a [`Farm::spawn_kiln`] command printed so far.
+    pub fn output_of(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("{name}.out"))).unwrap_or_default()
+    }
+
     pub fn kiln_in(&self, dir: &Path, args: &[&str]) -> Output {
         Command::new(self.bin_dir.join("kiln"))
             .args(args)
@@ -263,10 +376,12 @@ impl Farm {
         }
     }
 
-    /// The coordinator's and agent's logs, for failure messages.
+    /// The coordinators' and agent's logs, for failure messages.
     pub fn logs(&self) -> String {
         let mut out = String::new();
-        for name in ["coordinator", "agent"] {
+        let mut names: Vec<String> = self.members.iter().map(Member::name).collect();
+        names.push("agent".to_string());
+        for name in &names {
             let text = std::fs::read_to_string(self.dir.path().join(format!("{name}.log")))
                 .unwrap_or_default();
             let tail: Vec<&str> = text.lines().rev().take(60).collect();
@@ -358,9 +473,7 @@ impl Drop for Farm {
         if let Some(child) = self.agent.take() {
             terminate(child);
         }
-        if let Some(child) = self.coordinator.take() {
-            terminate(child);
-        }
+        self.stop_coordinator();
     }
 }
 
@@ -406,14 +519,17 @@ pub fn text(output: &Output) -> String {
 
 /// The run id printed by `kiln build`/`kiln run` ("Queued a build with ID: ca1").
 pub fn run_id(output: &Output) -> String {
-    text(output)
-        .lines()
-        .find_map(|line| {
-            line.split("with ID: ")
-                .nth(1)
-                .map(|id| id.trim().to_string())
-        })
-        .unwrap_or_else(|| panic!("no run id in the output:\n{}", text(output)))
+    let text = text(output);
+    run_id_in(&text).unwrap_or_else(|| panic!("no run id in the output:\n{text}"))
+}
+
+/// The run id a `Queued a run with ID: …` line in `text` names.
+pub fn run_id_in(text: &str) -> Option<String> {
+    text.lines().find_map(|line| {
+        line.split("with ID: ")
+            .nth(1)
+            .map(|id| id.trim().to_string())
+    })
 }
 
 /// The `Pushed: image@digest` lines of a run's summary.

@@ -217,6 +217,7 @@ async fn execute_in<R: ContainerRuntime, B: BlobStore>(
                     run_id: run_id.to_string(),
                     step_id: String::new(),
                     data: text.into_bytes(),
+                    offset: None,
                 }))
                 .await;
             let first = failure.text.lines().next().unwrap_or("invalid task file");

@@ -1,6 +1,7 @@
 //! What `kiln build` and `kiln run` share: uploading the context, submitting the run, following
 //! its log and printing the outcome.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::io::Write as _;
 use std::path::Path;
@@ -241,7 +242,7 @@ pub async fn stream_logs(farm: &Farm, run_id: &str, follow: bool) -> anyhow::Res
                     if !new.is_empty() {
                         breaks = 0;
                         let mut out = stdout.lock();
-                        out.write_all(new)?;
+                        out.write_all(&new)?;
                         out.flush()?;
                     }
                 }
@@ -262,14 +263,18 @@ pub async fn stream_logs(farm: &Farm, run_id: &str, follow: bool) -> anyhow::Res
     }
 }
 
-/// What of a run's log has been printed, per step: a re-attached stream starts from the run's
-/// beginning again, and only bytes past those are new. Chunks without a step are notices from
-/// the coordinator; they are always printed and never counted. Both maps hold one entry per
-/// step of one run.
+/// What of a run's log has been printed, per step: a re-attached stream (another leader, or
+/// the same one) starts from the run's beginning again, and only bytes past those are new.
+/// Chunks say where they start in their step's log; a chunk past what was printed means
+/// bytes went missing in between, which is said in a notice instead of silently joining the
+/// two. Chunks without a step or an offset are notices from the coordinator or the agent;
+/// they are always printed and never counted. (A coordinator older than offsets sends none:
+/// then the bytes received on the current stream count instead.) Both maps hold one entry
+/// per step of one run.
 #[derive(Default)]
 pub struct Printed {
     printed: HashMap<String, u64>,
-    /// Bytes of each step received on the current stream.
+    /// Bytes of each step received on the current stream (for chunks without an offset).
     received: HashMap<String, u64>,
 }
 
@@ -279,23 +284,39 @@ impl Printed {
         self.received.clear();
     }
 
-    /// The part of `chunk` not printed yet (and counts it as printed).
-    pub fn new_part<'a>(&mut self, chunk: &'a LogChunk) -> &'a [u8] {
+    /// The part of `chunk` not printed yet (and counts it as printed), after a notice if
+    /// bytes are missing before it.
+    pub fn new_part<'a>(&mut self, chunk: &'a LogChunk) -> Cow<'a, [u8]> {
         if chunk.step_id.is_empty() {
-            return &chunk.data;
+            return Cow::Borrowed(&chunk.data);
         }
         let length = chunk.data.len() as u64;
         let received = self.received.entry(chunk.step_id.clone()).or_default();
-        let begin = *received;
-        *received += length;
+        let begin = match chunk.offset {
+            Some(offset) => offset,
+            None if length > 0 => *received,
+            None => return Cow::Borrowed(&chunk.data),
+        };
+        *received = begin + length;
         let end = begin + length;
         let printed = self.printed.entry(chunk.step_id.clone()).or_default();
         if end <= *printed {
-            return &[];
+            return Cow::Borrowed(&[]);
         }
-        let skip = usize::try_from(printed.saturating_sub(begin)).unwrap_or(usize::MAX);
+        if begin > *printed {
+            let missing = begin - *printed;
+            *printed = end;
+            let mut out = format!(
+                "\n[kiln] {missing} bytes of step {}'s log are missing here (the live stream lost them); `kiln logs` shows the stored log once the step ends\n",
+                chunk.step_id
+            )
+            .into_bytes();
+            out.extend_from_slice(&chunk.data);
+            return Cow::Owned(out);
+        }
+        let skip = usize::try_from(*printed - begin).unwrap_or(usize::MAX);
         *printed = end;
-        chunk.data.get(skip..).unwrap_or_default()
+        Cow::Borrowed(chunk.data.get(skip..).unwrap_or_default())
     }
 }
 
@@ -365,7 +386,46 @@ mod tests {
             run_id: "ca1".into(),
             step_id: step.into(),
             data: data.as_bytes().to_vec(),
+            offset: None,
         }
+    }
+
+    fn at(step: &str, offset: u64, data: &str) -> LogChunk {
+        LogChunk {
+            offset: Some(offset),
+            ..chunk(step, data)
+        }
+    }
+
+    #[test]
+    fn chunks_with_offsets_print_each_byte_once_and_say_where_bytes_are_missing() {
+        let mut printed = Printed::default();
+        let mut out = Vec::new();
+        let mut feed = |printed: &mut Printed, chunks: &[LogChunk]| {
+            for chunk in chunks {
+                out.extend_from_slice(&printed.new_part(chunk));
+            }
+        };
+        printed.reattached();
+        feed(&mut printed, &[at("a", 0, "one\n"), at("a", 4, "tw")]);
+        // A new leader: stored segments from the start, then the agent's resent tail, which
+        // overlaps them, then new output.
+        printed.reattached();
+        feed(
+            &mut printed,
+            &[
+                at("a", 0, "one\ntwo\n"),
+                chunk("", "[notice]\n"),
+                at("a", 4, "two\nthree\n"),
+                at("a", 14, "four\n"),
+            ],
+        );
+        // A chunk past a gap: the gap is named, and the cursor moves on.
+        feed(&mut printed, &[at("a", 30, "six\n"), at("a", 25, "xxxxx")]);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "one\ntwo\n[notice]\nthree\nfour\n\n[kiln] 11 bytes of step a's log are missing here (the live stream lost them); `kiln logs` shows the stored log once the step ends\nsix\n"
+        );
     }
 
     #[test]
@@ -374,7 +434,7 @@ mod tests {
         let mut out = Vec::new();
         let mut feed = |printed: &mut Printed, chunks: &[LogChunk]| {
             for chunk in chunks {
-                out.extend_from_slice(printed.new_part(chunk));
+                out.extend_from_slice(&printed.new_part(chunk));
             }
         };
         printed.reattached();
