@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use kiln_coordinator::cluster::{self, InitialClusterState};
-use kiln_coordinator::{control, raft_node, transport};
+use kiln_coordinator::{control, raft_node, store, transport};
 use tokio_util::sync::CancellationToken;
 
 /// Runs the kiln coordinator: keeps runs in Raft-replicated state (RocksDB on disk), schedules
@@ -126,6 +126,21 @@ async fn main() -> std::process::ExitCode {
         )
         .init();
     let args = Args::parse();
+    // Crash points (kiln_coordinator::store::CRASH_POINTS), for tests/crash_points.rs; never
+    // set in production. Equivalent to `fail::FailScenario::setup()`, but an unknown point or
+    // a malformed action is an error instead of a panic or a point that never fires.
+    if let Ok(spec) = std::env::var("FAILPOINTS") {
+        match store::arm_crash_points(&spec) {
+            Ok(armed) if !armed.is_empty() => {
+                tracing::warn!(points = ?armed, "crash points armed (FAILPOINTS): this process aborts on purpose when one fires");
+            }
+            Ok(_) => {}
+            Err(message) => {
+                eprintln!("kiln-coordinator: FAILPOINTS: {message}");
+                return std::process::ExitCode::from(2);
+            }
+        }
+    }
     if args.heartbeat_interval_ms == 0 || args.agent_lost_after_ms <= args.heartbeat_interval_ms {
         eprintln!(
             "kiln-coordinator: --agent-lost-after-ms ({}) must be larger than --heartbeat-interval-ms ({}), which must not be 0",

@@ -6,7 +6,8 @@
 //! Ready order (raft-rs 0.7's documented one): send the leader's messages at once; apply a
 //! received snapshot; apply committed entries in memory; write entries, hard state and the
 //! applied state in ONE synced batch; answer proposers; send the messages that must follow
-//! persistence (votes, append responses); advance; the light ready the same way.
+//! persistence (votes, append responses); advance; the light ready the same way. Crash points
+//! (`store::CRASH_POINTS`) sit between these steps.
 //!
 //! A proposal is identified by the (index, term) its entry got: when that index is applied with
 //! another term, a leader change replaced it and its proposer is told the outcome is unknown.
@@ -32,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use kiln_state::pb::{command, ApplyResult, Command, Member, StateSnapshot};
 use kiln_state::State;
 
-use crate::store::{Applied, Persist, RaftStorage, Store};
+use crate::store::{crash_point, Applied, Persist, RaftStorage, Store};
 use crate::transport::Transport;
 
 /// Messages waiting for the Raft thread. When it is full, proposers are told to retry and peer
@@ -892,6 +893,9 @@ impl Driver {
         let committed = ready.take_committed_entries();
         let outcome = self.apply_entries(&committed)?;
         self.persist(ready.entries(), ready.hs().cloned(), None, outcome)?;
+        if !ready.persisted_messages().is_empty() {
+            crash_point!("raft-before-persisted-messages");
+        }
         self.transport.send(ready.take_persisted_messages());
 
         let mut light = self.node.advance(ready);
@@ -1039,6 +1043,9 @@ impl Driver {
         outcome: Option<Outcome>,
     ) -> anyhow::Result<()> {
         let mut outcome = outcome;
+        if outcome.is_some() {
+            crash_point!("raft-before-applied-write");
+        }
         {
             let state = self.state.read().unwrap_or_else(|p| p.into_inner());
             let applied = outcome.as_mut().map(|outcome| {
@@ -1067,6 +1074,9 @@ impl Driver {
             }
         }
         if let Some(outcome) = outcome {
+            if !outcome.replies.is_empty() {
+                crash_point!("raft-before-reply");
+            }
             for (reply, answer) in outcome.replies {
                 let _ = reply.send(answer);
             }

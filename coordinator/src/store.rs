@@ -19,6 +19,14 @@
 //! index and configuration; synced when it holds entries or a hard state. So a crash between any
 //! two writes leaves either all of a Ready or none of it, the applied index never runs ahead of
 //! the commit index stored with it, and a restart never applies an entry twice nor loses one.
+//!
+//! Crash points ([`CRASH_POINTS`]) sit between the durable writes, here and in `raft_node`:
+//! armed through the `FAILPOINTS` environment variable (`name=action`, the `fail` crate's
+//! syntax, e.g. `store-persist-after-write=20*off->return`), a point's `return` aborts the
+//! process on the spot, as kill -9 would: no destructor runs and nothing is flushed.
+//! `return(applied)` (or `entries`, `hard-state`) at a per-Ready point fires only at a batch
+//! that holds that.
+//! `tests/crash_points.rs` arms each one in a real cluster of coordinator processes.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,6 +48,87 @@ const IDENTITY_KEY: &[u8] = b"raft/identity";
 const APPLIED_KEY: &[u8] = b"state/applied";
 const META_KEY: &[u8] = b"state/meta";
 const RUN_PREFIX: &[u8] = b"state/run/";
+
+/// Every crash point, in the order a Ready reaches them. Between each two of them lies one
+/// durable write (or the sending of messages or answers that must follow one).
+pub const CRASH_POINTS: &[&str] = &[
+    // A received snapshot: before and after its one synced batch (log cleared, state, applied
+    // index, conf state and truncation point all in it, so nothing lies between "state
+    // written" and "log truncated").
+    "store-snapshot-before-write",
+    "store-snapshot-after-write",
+    // Committed entries applied in memory; the applied-state write not made.
+    "raft-before-applied-write",
+    // The Ready's batch (entries, hard state, applied state), and the light Ready's.
+    "store-persist-before-write",
+    "store-persist-after-write",
+    // Committed, applied and written; the proposers (clients, agents) not answered yet.
+    "raft-before-reply",
+    // Entries and hard state durable; the votes and append responses not sent.
+    "raft-before-persisted-messages",
+    // Log compaction: before and after its synced batch.
+    "store-compact-before-write",
+    "store-compact-after-write",
+];
+
+/// Evaluates crash point `$name` (see [`CRASH_POINTS`]): with the action `return` it dies
+/// like kill -9. `crash_point!("name", tags, "format", args)` describes the write: its last
+/// words say what it held, and `return(TAG)` fires only at a write that holds TAG (so a test
+/// can ask for "the first batch after 40 that holds applied state").
+macro_rules! crash_point {
+    ($name:literal) => {
+        $crate::store::eval_crash_point($name, &[], String::new)
+    };
+    ($name:literal, $tags:expr, $($detail:tt)+) => {
+        $crate::store::eval_crash_point($name, $tags, || format!($($detail)+))
+    };
+}
+pub(crate) use crash_point;
+
+/// See [`crash_point!`]. With no point armed this is one lookup in an empty registry.
+#[inline]
+pub fn eval_crash_point(name: &str, tags: &[&str], detail: impl FnOnce() -> String) {
+    fail::eval(name, |only: Option<String>| {
+        let wanted = only.as_deref().is_none_or(|tag| tags.contains(&tag));
+        if wanted {
+            crash(name, &detail());
+        }
+    });
+}
+
+/// Ends the process at crash point `name` without unwinding, running destructors or flushing
+/// anything: the one line on stderr (unbuffered) lets a test tell this abort from any other.
+#[cold]
+pub fn crash(name: &str, detail: &str) -> ! {
+    if detail.is_empty() {
+        eprintln!("kiln-coordinator: crash point {name} reached: aborting");
+    } else {
+        eprintln!("kiln-coordinator: crash point {name} reached ({detail}): aborting");
+    }
+    std::process::abort()
+}
+
+/// Arms the crash points named in `spec` (`FAILPOINTS`: `name=actions;name=actions`, the
+/// `fail` crate's syntax). Refuses names that are not crash points, so that a typo does not
+/// leave a test waiting for a crash that cannot come. Returns the names armed.
+pub fn arm_crash_points(spec: &str) -> Result<Vec<String>, String> {
+    let mut armed = Vec::new();
+    for item in spec.split(';').map(str::trim).filter(|i| !i.is_empty()) {
+        let (name, actions) = item
+            .split_once('=')
+            .ok_or_else(|| format!("'{item}' is not name=actions"))?;
+        let name = name.trim();
+        if !CRASH_POINTS.contains(&name) {
+            return Err(format!(
+                "'{name}' is not a crash point (known: {})",
+                CRASH_POINTS.join(", ")
+            ));
+        }
+        fail::cfg(name, actions.trim()).map_err(|e| format!("{name}: {e}"))?;
+        armed.push(name.to_string());
+    }
+    Ok(armed)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -204,6 +293,17 @@ impl Store {
             return Ok(());
         }
         let sync = !persist.entries.is_empty() || persist.hard_state.is_some();
+        // What the batch holds, for the crash points.
+        let (entries, hard_state, applied_to) = (
+            persist.entries.len(),
+            persist.hard_state.is_some() || persist.commit.is_some(),
+            persist.applied.as_ref().map(|a| a.index),
+        );
+        let tags = [
+            if entries > 0 { "entries" } else { "" },
+            if hard_state { "hard-state" } else { "" },
+            if applied_to.is_some() { "applied" } else { "" },
+        ];
         let mut batch = WriteBatch::default();
         let old_last = self.last_index.load(Ordering::SeqCst);
         let mut new_last = old_last;
@@ -241,11 +341,21 @@ impl Store {
             }
             batch.put(APPLIED_KEY, applied.index.to_be_bytes());
         }
+        crash_point!(
+            "store-persist-before-write",
+            &tags,
+            "entries {entries}, hard state {hard_state}, applied state {applied_to:?}"
+        );
         if sync {
             self.write_synced(batch)?;
         } else {
             self.db.write(batch)?;
         }
+        crash_point!(
+            "store-persist-after-write",
+            &tags,
+            "entries {entries}, hard state {hard_state}, applied state {applied_to:?}"
+        );
         self.last_index.store(new_last, Ordering::SeqCst);
         Ok(())
     }
@@ -265,9 +375,11 @@ impl Store {
             Some(hs) => hs.clone(),
             None => self.hard_state()?,
         };
-        if hs.get_commit() < index {
-            hs.set_commit(index);
-        }
+        // After this batch the log ends at `index`, so that is the commit index to write, never
+        // more: the Ready's hard state may already commit entries after the snapshot, which
+        // `persist` writes next (raft-rs puts both in one Ready). Written here, a crash before
+        // that write left commit > last index, and raft-rs panicked on restart.
+        hs.set_commit(index);
         if hs.get_term() < term {
             hs.set_term(term);
         }
@@ -276,7 +388,9 @@ impl Store {
         batch.put(TRUNCATED_KEY, encode_pair(index, term));
         batch.put(APPLIED_KEY, index.to_be_bytes());
         put_snapshot_state(&mut batch, state);
+        crash_point!("store-snapshot-before-write");
         self.write_synced(batch)?;
+        crash_point!("store-snapshot-after-write");
         *self.truncated.write().unwrap_or_else(|p| p.into_inner()) = (index, term);
         self.last_index.store(index, Ordering::SeqCst);
         Ok(())
@@ -296,7 +410,9 @@ impl Store {
         let mut batch = WriteBatch::default();
         batch.delete_range(entry_key(truncated + 1), entry_key(index + 1));
         batch.put(TRUNCATED_KEY, encode_pair(index, term));
+        crash_point!("store-compact-before-write");
         self.write_synced(batch)?;
+        crash_point!("store-compact-after-write");
         *self.truncated.write().unwrap_or_else(|p| p.into_inner()) = (index, term);
         Ok(())
     }
@@ -760,5 +876,53 @@ mod tests {
         let built = storage.build_snapshot().unwrap();
         assert_eq!(built.get_metadata().get_index(), 20);
         assert_eq!(built.get_metadata().get_term(), 7);
+    }
+
+    /// A Ready may carry a snapshot AND entries after it (raft-rs fills both when a MsgSnapshot
+    /// and a following MsgAppend are stepped before one Ready), with a hard state that already
+    /// commits some of those entries. The snapshot is written first, the entries in the next
+    /// batch: a crash between the two must restart. It used to write the Ready's commit index
+    /// with the snapshot, past the end of the log, and raft-rs refused to start
+    /// ("hs.commit 23 is out of range [20, 20]").
+    #[test]
+    fn a_crash_between_a_snapshot_and_the_entries_of_its_ready_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conf_state = ConfState::default();
+        conf_state.set_voters(vec![1, 2, 3]);
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let identity = Identity {
+                cluster_id: 7,
+                node_id: 2,
+            };
+            store
+                .initialize(identity, &conf_state, &StateSnapshot::default(), 5, 5)
+                .unwrap();
+            let mut metadata = SnapshotMetadata::default();
+            metadata.set_index(20);
+            metadata.set_term(7);
+            metadata.set_conf_state(conf_state.clone());
+            let mut ready_hs = HardState::default();
+            ready_hs.set_term(7);
+            ready_hs.set_vote(1);
+            ready_hs.set_commit(23);
+            store
+                .apply_snapshot(&metadata, &StateSnapshot::default(), Some(&ready_hs))
+                .unwrap();
+            // Killed here: entries 21..=23 of the same Ready are never written.
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let hard_state = store.hard_state().unwrap();
+        assert_eq!(hard_state.get_commit(), 20);
+        assert_eq!((hard_state.get_term(), hard_state.get_vote()), (7, 1));
+        let config = raft::Config {
+            id: 2,
+            applied: store.applied_index().unwrap(),
+            ..raft::Config::default()
+        };
+        let logger = slog::Logger::root(slog::Discard, slog::o!());
+        let node = raft::RawNode::new(&config, raft_storage(&store), &logger).unwrap();
+        assert_eq!(node.raft.raft_log.committed, 20);
+        assert_eq!(node.raft.raft_log.last_index(), 20);
     }
 }
