@@ -5,6 +5,8 @@
 //! at most one leader per term, identical committed prefixes, equal states at equal applied
 //! index, and every acknowledged submission present exactly once.
 
+mod support;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -16,7 +18,7 @@ use kiln_coordinator::cluster::{InitialClusterState, Membership};
 use kiln_coordinator::raft_node::RaftConfig;
 use kiln_coordinator::store::Store;
 use kiln_faultnet::{Network, Proxy};
-use kiln_proto::pb::{Member, Platform, RunRequest};
+use kiln_proto::pb::Member;
 use kiln_proto::v1::cluster_client::ClusterClient;
 use kiln_proto::v1::control_client::ControlClient;
 use kiln_proto::v1::{
@@ -125,25 +127,19 @@ impl Cluster {
     async fn boot(&mut self, id: u64, initial: Vec<Member>, join: Option<u64>) {
         let node = self.nodes.get_mut(&id).unwrap();
         let config = kiln_coordinator::Config {
-            listen: node.client,
-            peer_listen: node.peer,
-            http_listen: None,
-            data_dir: node.dir.clone(),
-            registry: "127.0.0.1:1".to_string(),
-            membership: Membership {
-                node_id: id,
-                peer_url: format!("http://{}", node.proxy.address),
-                client_url: format!("http://{}", node.client),
-                initial_members: initial,
-                initial_state: InitialClusterState::New,
-                cluster_token: "cluster-test".to_string(),
-                join,
-                restore: None,
-                force_new_cluster: false,
-            },
             raft: self.raft,
-            liveness: Default::default(),
-            retention: Default::default(),
+            ..member_config(
+                node.client,
+                node.peer,
+                node.dir.clone(),
+                Membership {
+                    peer_url: format!("http://{}", node.proxy.address),
+                    client_url: format!("http://{}", node.client),
+                    initial_members: initial,
+                    join,
+                    ..membership(id, "cluster-test")
+                },
+            )
         };
         // The ports were used before a restart; binding again may briefly fail.
         let listeners = loop {
@@ -255,7 +251,7 @@ impl Cluster {
                     let mut client = ControlClient::connect(url).await.ok()?;
                     client
                         .submit_run(SubmitRunRequest {
-                            request: Some(request(task)),
+                            request: Some(support::request(task)),
                             request_id: request_id.to_string(),
                         })
                         .await
@@ -326,98 +322,50 @@ async fn free(ip: IpAddr) -> SocketAddr {
     listener.local_addr().unwrap()
 }
 
-fn request(task: &str) -> RunRequest {
-    RunRequest {
-        task_yaml: task.to_string(),
-        task_file_name: "acb.yaml".to_string(),
-        platform: Some(Platform {
-            os: "linux".into(),
-            architecture: "amd64".into(),
-            variant: String::new(),
-        }),
-        ..RunRequest::default()
+/// A member's configuration: no HTTP port, default Raft settings and an unreachable registry
+/// (these tests never store logs).
+fn member_config(
+    listen: SocketAddr,
+    peer_listen: SocketAddr,
+    data_dir: PathBuf,
+    membership: Membership,
+) -> kiln_coordinator::Config {
+    kiln_coordinator::Config {
+        listen,
+        peer_listen,
+        http_listen: None,
+        data_dir,
+        registry: "127.0.0.1:1".to_string(),
+        membership,
+        raft: RaftConfig::default(),
+        liveness: Default::default(),
+        retention: Default::default(),
     }
 }
 
-const TASK: &str = "version: v1.1.0\nsteps:\n  - cmd: busybox true\n";
+/// Node `node_id` of a new cluster of one (made from `token`), without addresses.
+fn membership(node_id: u64, token: &str) -> Membership {
+    Membership {
+        node_id,
+        peer_url: String::new(),
+        client_url: String::new(),
+        initial_members: Vec::new(),
+        initial_state: InitialClusterState::New,
+        cluster_token: token.to_string(),
+        join: None,
+        restore: None,
+        force_new_cluster: false,
+    }
+}
 
-/// Opens every stopped member's store and checks the Raft invariants on what is on disk.
+/// Opens every stopped member's store and checks the Raft invariants on what is on disk
+/// (`support::check_stores`).
 fn check_stores(dirs: &[(u64, PathBuf)], acknowledged: &HashMap<String, String>) {
-    let mut committed: BTreeMap<u64, (u64, Vec<u8>)> = BTreeMap::new();
-    let mut states = Vec::new();
-    for (id, dir) in dirs {
-        let store = Store::open(&dir.join("db")).unwrap();
-        let hard_state = store.hard_state().unwrap();
-        let applied = store.applied_index().unwrap();
-        assert!(
-            applied <= hard_state.get_commit(),
-            "node {id}: applied {applied} is past the durable commit {}",
-            hard_state.get_commit()
-        );
-        // Identical committed prefixes: every committed entry a member still holds is the one
-        // every other member holds at that index.
-        for (index, term, data) in entries(&store, hard_state.get_commit()) {
-            match committed.get(&index) {
-                None => {
-                    committed.insert(index, (term, data));
-                }
-                Some((t, d)) => assert!(
-                    *t == term && *d == data,
-                    "node {id}: committed entry {index} differs from another member's"
-                ),
-            }
-        }
-        states.push((*id, applied, store.load_state().unwrap()));
-    }
-    // Equal states at equal applied index.
-    for (a, applied_a, state_a) in &states {
-        for (b, applied_b, state_b) in &states {
-            if applied_a == applied_b {
-                assert!(
-                    state_a == state_b,
-                    "nodes {a} and {b} differ at index {applied_a}"
-                );
-            }
-        }
-    }
-    // Every acknowledged submission is there, once, under the run id it was given.
-    let (_, _, state) = states
+    let disks: Vec<_> = dirs
         .iter()
-        .max_by_key(|(_, applied, _)| *applied)
-        .unwrap();
-    let mut seen = HashSet::new();
-    for run in state.runs() {
-        assert!(
-            run.request_id.is_empty() || seen.insert(run.request_id.clone()),
-            "request {} made two runs",
-            run.request_id
-        );
-    }
-    for (request_id, run_id) in acknowledged {
-        let run = state
-            .run(run_id)
-            .unwrap_or_else(|| panic!("acknowledged run {run_id} is missing"));
-        assert_eq!(&run.request_id, request_id);
-    }
-}
-
-fn entries(store: &Store, commit: u64) -> Vec<(u64, u64, Vec<u8>)> {
-    use raft::Storage as _;
-    let storage = kiln_coordinator::store::RaftStorage {
-        store: store.clone(),
-        state: Default::default(),
-    };
-    let first = storage.first_index().unwrap();
-    let last = storage.last_index().unwrap().min(commit);
-    if last < first {
-        return Vec::new();
-    }
-    storage
-        .entries(first, last + 1, None, raft::GetEntriesContext::empty(false))
-        .unwrap()
-        .into_iter()
-        .map(|e| (e.get_index(), e.get_term(), e.get_data().to_vec()))
-        .collect()
+        .map(|(id, dir)| support::read_store(*id, dir))
+        .collect();
+    support::check_stores(&disks, acknowledged);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -472,12 +420,12 @@ async fn a_seeded_schedule_of_cuts_delays_crashes_and_restarts_keeps_raft_safe()
         for _ in 0..(3 + rng.below(5)) {
             next += 1;
             let request_id = format!("r{next}");
-            if let Some(run_id) = cluster.submit(&request_id, TASK).await {
+            if let Some(run_id) = cluster.submit(&request_id, support::TASK).await {
                 acknowledged.insert(request_id.clone(), run_id);
             }
             // A retry of the same request never makes a second run.
             if rng.below(3) == 0 {
-                if let Some(again) = cluster.submit(&request_id, TASK).await {
+                if let Some(again) = cluster.submit(&request_id, support::TASK).await {
                     if let Some(first) = acknowledged.get(&request_id) {
                         assert_eq!(&again, first, "a retry of {request_id} made another run");
                     }
@@ -519,7 +467,7 @@ async fn a_lagging_follower_catches_up_by_a_multi_piece_snapshot_and_membership_
     let lagging = if leader == 3 { 2 } else { 3 };
     cluster.network.isolate(lagging);
     // About 6 MiB of state: 60 runs with 100 KiB task files.
-    let big = format!("{TASK}# {}\n", "x".repeat(100 * 1024));
+    let big = format!("{}# {}\n", support::TASK, "x".repeat(100 * 1024));
     let mut acknowledged = HashMap::new();
     for i in 0..60 {
         let request_id = format!("big{i}");
@@ -533,7 +481,7 @@ async fn a_lagging_follower_catches_up_by_a_multi_piece_snapshot_and_membership_
     for i in 0..260 {
         let request_id = format!("small{i}");
         let run_id = cluster
-            .submit(&request_id, TASK)
+            .submit(&request_id, support::TASK)
             .await
             .expect("the majority takes runs");
         acknowledged.insert(request_id, run_id);
@@ -573,7 +521,7 @@ async fn a_lagging_follower_catches_up_by_a_multi_piece_snapshot_and_membership_
                     let request_id = format!("flow{i}");
                     if let Ok(response) = client
                         .submit_run(SubmitRunRequest {
-                            request: Some(request(TASK)),
+                            request: Some(support::request(support::TASK)),
                             request_id: request_id.clone(),
                         })
                         .await
@@ -674,7 +622,10 @@ async fn a_whole_cluster_restart_a_backup_restore_and_a_forced_cluster_of_one_ke
     let mut acknowledged = HashMap::new();
     for i in 0..30 {
         let request_id = format!("keep{i}");
-        let run_id = cluster.submit(&request_id, TASK).await.expect("taken");
+        let run_id = cluster
+            .submit(&request_id, support::TASK)
+            .await
+            .expect("taken");
         acknowledged.insert(request_id, run_id);
     }
     cluster.wait_converged().await;
@@ -692,7 +643,7 @@ async fn a_whole_cluster_restart_a_backup_restore_and_a_forced_cluster_of_one_ke
     for i in 30..35 {
         let request_id = format!("keep{i}");
         let run_id = cluster
-            .submit(&request_id, TASK)
+            .submit(&request_id, support::TASK)
             .await
             .expect("taken after restart");
         acknowledged.insert(request_id, run_id);
@@ -705,27 +656,18 @@ async fn a_whole_cluster_restart_a_backup_restore_and_a_forced_cluster_of_one_ke
     // with every run it had applied.
     let node = &cluster.nodes[&1];
     let config_dir = node.dir.clone();
-    let config = kiln_coordinator::Config {
-        listen: node.client,
-        peer_listen: node.peer,
-        http_listen: None,
-        data_dir: config_dir.clone(),
-        registry: "127.0.0.1:1".to_string(),
-        membership: Membership {
-            node_id: 1,
+    let config = member_config(
+        node.client,
+        node.peer,
+        config_dir.clone(),
+        Membership {
             peer_url: format!("http://{}", node.proxy.address),
             client_url: format!("http://{}", node.client),
-            initial_members: Vec::new(),
             initial_state: InitialClusterState::Existing,
-            cluster_token: "cluster-test".to_string(),
-            join: None,
-            restore: None,
             force_new_cluster: true,
+            ..membership(1, "cluster-test")
         },
-        raft: RaftConfig::default(),
-        liveness: Default::default(),
-        retention: Default::default(),
-    };
+    );
     let listeners = kiln_coordinator::bind(&config).await.unwrap();
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(kiln_coordinator::serve(listeners, config, shutdown.clone()));
@@ -768,27 +710,15 @@ async fn a_whole_cluster_restart_a_backup_restore_and_a_forced_cluster_of_one_ke
     let fresh = cluster.base.path().join("restored");
     let client = free(ip(9, 63)).await;
     let peer = free(ip(9, 63)).await;
-    let config = kiln_coordinator::Config {
-        listen: client,
-        peer_listen: peer,
-        http_listen: None,
-        data_dir: fresh,
-        registry: "127.0.0.1:1".to_string(),
-        membership: Membership {
-            node_id: 1,
-            peer_url: String::new(),
-            client_url: String::new(),
-            initial_members: Vec::new(),
-            initial_state: InitialClusterState::New,
-            cluster_token: "restored".to_string(),
-            join: None,
+    let config = member_config(
+        client,
+        peer,
+        fresh,
+        Membership {
             restore: Some(backup_file),
-            force_new_cluster: false,
+            ..membership(1, "restored")
         },
-        raft: RaftConfig::default(),
-        liveness: Default::default(),
-        retention: Default::default(),
-    };
+    );
     let listeners = kiln_coordinator::bind(&config).await.unwrap();
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(kiln_coordinator::serve(listeners, config, shutdown.clone()));
@@ -804,7 +734,7 @@ async fn a_whole_cluster_restart_a_backup_restore_and_a_forced_cluster_of_one_ke
     assert_eq!(runs.len(), 30, "the backup holds the first 30 runs");
     let next = control
         .submit_run(SubmitRunRequest {
-            request: Some(request(TASK)),
+            request: Some(support::request(support::TASK)),
             request_id: "after-restore".to_string(),
         })
         .await
@@ -837,25 +767,13 @@ async fn health_and_readiness_answer_on_the_http_port() {
     let peer = free(ip(1, 64)).await;
     let http = free(ip(1, 64)).await;
     let config = kiln_coordinator::Config {
-        listen: client,
-        peer_listen: peer,
         http_listen: Some(http),
-        data_dir: dir.path().to_path_buf(),
-        registry: "127.0.0.1:1".to_string(),
-        membership: Membership {
-            node_id: 1,
-            peer_url: String::new(),
-            client_url: String::new(),
-            initial_members: Vec::new(),
-            initial_state: InitialClusterState::New,
-            cluster_token: "health".to_string(),
-            join: None,
-            restore: None,
-            force_new_cluster: false,
-        },
-        raft: RaftConfig::default(),
-        liveness: Default::default(),
-        retention: Default::default(),
+        ..member_config(
+            client,
+            peer,
+            dir.path().to_path_buf(),
+            membership(1, "health"),
+        )
     };
     let listeners = kiln_coordinator::bind(&config).await.unwrap();
     let shutdown = CancellationToken::new();
