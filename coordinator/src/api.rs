@@ -140,6 +140,19 @@ impl Api {
             .map_err(|not_leader| not_leader_status(&not_leader))
     }
 
+    /// Waits until this member is no longer the ready leader, and says so as clients expect.
+    async fn leadership_lost(&self) -> Status {
+        let mut status = self.raft.status_watch();
+        loop {
+            if let Err(not_leader) = self.raft.require_leader() {
+                return not_leader_status(&not_leader);
+            }
+            if status.changed().await.is_err() {
+                return Status::unavailable("the coordinator is shutting down");
+            }
+        }
+    }
+
     /// Before a read: on the leader, confirm leadership with a quorum (ReadIndex) and wait
     /// until that is applied, so the read is linearizable; with `kiln-stale`, any member
     /// answers from what it has.
@@ -295,7 +308,14 @@ impl Control for Api {
         let (tx, rx) = mpsc::channel(LOG_STREAM_BUFFER);
         let api = self.clone();
         self.tasks.spawn(async move {
-            if let Err(status) = api.send_logs(&run_id, follow, &tx).await {
+            // A member that stops leading gets no more live output (the agents go to the new
+            // leader): it ends the stream with the not-leader answer, and the client
+            // re-attaches there.
+            let result = tokio::select! {
+                sent = api.send_logs(&run_id, follow, &tx) => sent,
+                not_leader = api.leadership_lost() => Err(not_leader),
+            };
+            if let Err(status) = result {
                 let _ = tx.send(Err(status)).await;
             }
         });

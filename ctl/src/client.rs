@@ -39,6 +39,10 @@ fn cluster(connection: Connection) -> ClusterClient<Connection> {
         .max_encoding_message_size(MAX_MESSAGE_BYTES)
 }
 
+/// How often the CLI pings the coordinator on an open connection, and how long it waits for
+/// the answer before it treats the connection as broken.
+const CLIENT_KEEPALIVE: Duration = Duration::from_secs(3);
+
 /// A farm that answered: its endpoints (with the leader and cluster id learned) and what it is.
 pub struct Farm {
     endpoints: Endpoints,
@@ -48,8 +52,16 @@ pub struct Farm {
 impl Farm {
     /// Parses `--coordinator` (a comma-separated list) and asks `GetInfo`.
     pub async fn connect(coordinator: &str) -> anyhow::Result<Farm> {
-        let endpoints = Endpoints::with_settings(coordinator, Settings::default())
-            .map_err(|error| anyhow!("--coordinator: {error}"))?;
+        let endpoints = Endpoints::with_settings(
+            coordinator,
+            Settings {
+                // A member that froze (SIGSTOP, a hung machine) keeps its TCP connections
+                // open; unanswered pings end a log stream so that it re-attaches elsewhere.
+                keepalive: Some(CLIENT_KEEPALIVE),
+                ..Settings::default()
+            },
+        )
+        .map_err(|error| anyhow!("--coordinator: {error}"))?;
         let info = endpoints
             .call(|conn| async move {
                 control(conn)

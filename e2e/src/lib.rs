@@ -224,6 +224,23 @@ impl Farm {
         leader
     }
 
+    /// Sends `signal` (e.g. "STOP", "CONT") to coordinator `id`.
+    pub fn signal_coordinator(&self, id: u64, signal: &str) {
+        let pid = self
+            .members
+            .iter()
+            .find(|m| m.id == id)
+            .and_then(|m| m.child.as_ref())
+            .expect("a running member of this farm")
+            .id();
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -{signal} {pid} failed");
+    }
+
     /// Kills coordinator `id` with SIGKILL (no hand-over), like a crashed machine.
     pub fn kill_coordinator(&mut self, id: u64) {
         let member = self
