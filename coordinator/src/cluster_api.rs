@@ -7,9 +7,9 @@ use tonic::{Request, Response, Status};
 
 use kiln_proto::v1::cluster_server::Cluster;
 use kiln_proto::v1::{
-    AddMemberRequest, AddMemberResponse, ClusterStatusRequest, ClusterStatusResponse, MemberStatus,
-    RemoveMemberRequest, RemoveMemberResponse, SaveSnapshotRequest, SnapshotPiece,
-    TransferLeaderRequest, TransferLeaderResponse,
+    AddMemberRequest, AddMemberResponse, ClusterStatusRequest, ClusterStatusResponse,
+    LatencyBucket, MemberStatus, RemoveMemberRequest, RemoveMemberResponse, SaveSnapshotRequest,
+    SnapshotPiece, TransferLeaderRequest, TransferLeaderResponse,
 };
 use kiln_state::pb::Member;
 
@@ -94,6 +94,12 @@ impl Cluster for ClusterApi {
             last_index: report.last_index,
             snapshot_index: report.snapshot_index,
             members,
+            commit_latency: self
+                .raft
+                .commit_latency()
+                .into_iter()
+                .map(|(le_us, count)| LatencyBucket { le_us, count })
+                .collect(),
         }))
     }
 

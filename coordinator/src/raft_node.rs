@@ -217,6 +217,7 @@ pub struct RaftHandle {
     status: watch::Receiver<RaftStatus>,
     failed: CancellationToken,
     failure: Arc<std::sync::Mutex<String>>,
+    latency: Arc<CommitLatency>,
     pub node_id: u64,
     pub cluster_id: u64,
 }
@@ -225,22 +226,41 @@ impl RaftHandle {
     /// Proposes a command stamped with the current time and waits until it is applied.
     /// A command the state machine rejects comes back as [`ProposeError::Rejected`].
     pub async fn propose(&self, kind: command::Kind) -> Result<ApplyResult, ProposeError> {
+        self.propose_enqueued(kind).await
+    }
+
+    /// Like [`RaftHandle::propose`], but the command enters the Raft thread's inbox before
+    /// this returns (the future only waits for the outcome): commands enqueued one after
+    /// another from one task are appended to the log in that order.
+    pub fn propose_enqueued(
+        &self,
+        kind: command::Kind,
+    ) -> impl std::future::Future<Output = Result<ApplyResult, ProposeError>> + Send + 'static {
         let command = Command {
             at_ms: now_ms(),
             kind: Some(kind),
         };
         let (reply, response) = oneshot::channel();
-        self.send(Inbox::Propose(Box::new(command), reply))?;
-        match tokio::time::timeout(PROPOSE_TIMEOUT, response).await {
-            Err(_) => Err(ProposeError::Timeout(PROPOSE_TIMEOUT)),
-            Ok(Err(_)) => Err(ProposeError::ShuttingDown),
-            Ok(Ok(Err(error))) => Err(error),
-            Ok(Ok(Ok(result))) if result.stale_lease => Err(ProposeError::Stale(result.error)),
-            Ok(Ok(Ok(result))) if !result.error.is_empty() => {
-                Err(ProposeError::Rejected(result.error))
+        let sent = self.send(Inbox::Propose(Box::new(command), reply));
+        async move {
+            sent?;
+            match tokio::time::timeout(PROPOSE_TIMEOUT, response).await {
+                Err(_) => Err(ProposeError::Timeout(PROPOSE_TIMEOUT)),
+                Ok(Err(_)) => Err(ProposeError::ShuttingDown),
+                Ok(Ok(Err(error))) => Err(error),
+                Ok(Ok(Ok(result))) if result.stale_lease => Err(ProposeError::Stale(result.error)),
+                Ok(Ok(Ok(result))) if !result.error.is_empty() => {
+                    Err(ProposeError::Rejected(result.error))
+                }
+                Ok(Ok(Ok(result))) => Ok(result),
             }
-            Ok(Ok(Ok(result))) => Ok(result),
         }
+    }
+
+    /// This node's commit latency since it started: (upper bound in µs, count) of every
+    /// non-empty bucket, lowest first. Only a leader's proposals are counted.
+    pub fn commit_latency(&self) -> Vec<(u64, u64)> {
+        self.latency.buckets()
     }
 
     fn send(&self, message: Inbox) -> Result<(), ProposeError> {
@@ -434,6 +454,7 @@ pub fn start(
     });
     let failed = CancellationToken::new();
     let failure = Arc::new(std::sync::Mutex::new(String::new()));
+    let latency = Arc::new(CommitLatency::default());
     let handle = RaftHandle {
         inbox: inbox_tx,
         state: state.clone(),
@@ -441,6 +462,7 @@ pub fn start(
         status: status_rx,
         failed: failed.clone(),
         failure: failure.clone(),
+        latency: latency.clone(),
         node_id,
         cluster_id,
     };
@@ -462,6 +484,7 @@ pub fn start(
         status: status_tx,
         last_heard: HashMap::new(),
         removed: false,
+        latency,
     };
     let thread = thread::Builder::new()
         .name("raft".to_string())
@@ -483,8 +506,9 @@ struct Driver {
     state: Arc<RwLock<State>>,
     config: RaftConfig,
     transport: Transport,
-    /// This node's proposals waiting to be applied: index → (term, reply).
-    pending: BTreeMap<u64, (u64, Reply<ApplyResult>)>,
+    /// This node's proposals waiting to be applied: index → (term, reply, when the Raft
+    /// thread received it).
+    pending: BTreeMap<u64, (u64, Reply<ApplyResult>, Instant)>,
     /// Read-index requests by their context.
     reads: HashMap<u64, Reply<u64>>,
     next_read: AtomicU64,
@@ -498,6 +522,8 @@ struct Driver {
     last_heard: HashMap<u64, Instant>,
     /// This node was removed from the cluster.
     removed: bool,
+    /// Proposal received → applied, persisted and its proposer answered.
+    latency: Arc<CommitLatency>,
 }
 
 impl Driver {
@@ -538,7 +564,7 @@ impl Driver {
     }
 
     fn fail_all(&mut self, error: ProposeError) {
-        for (_, (_, reply)) in std::mem::take(&mut self.pending) {
+        for (_, (_, reply, _)) in std::mem::take(&mut self.pending) {
             let _ = reply.send(Err(error.clone()));
         }
         for (_, reply) in self.reads.drain() {
@@ -620,6 +646,7 @@ impl Driver {
     }
 
     fn propose(&mut self, command: Command, reply: Reply<ApplyResult>) {
+        let received = Instant::now();
         if !self.is_ready_leader() {
             let _ = reply.send(Err(self.not_leader()));
             return;
@@ -633,7 +660,8 @@ impl Driver {
                     let _ = reply.send(Err(ProposeError::Overloaded));
                     return;
                 }
-                self.pending.insert(index, (self.node.raft.term, reply));
+                self.pending
+                    .insert(index, (self.node.raft.term, reply, received));
             }
             // Dropped: no leader any more, a transfer in progress, or too much uncommitted.
             Err(raft::Error::ProposalDropped) => {
@@ -1007,22 +1035,22 @@ impl Driver {
                     None
                 }
             };
-            if let Some((term, reply)) = self.pending.remove(&index) {
-                let answer = if term != entry.get_term() {
-                    Err(ProposeError::LeaderChanged)
+            if let Some((term, reply, received)) = self.pending.remove(&index) {
+                let (answer, received) = if term != entry.get_term() {
+                    (Err(ProposeError::LeaderChanged), None)
                 } else {
-                    Ok(result.unwrap_or_default())
+                    (Ok(result.unwrap_or_default()), Some(received))
                 };
-                outcome.replies.push((reply, answer));
+                outcome.replies.push((reply, answer, received));
             }
         }
         // Proposals below the applied index that never came back were replaced.
         let stale: Vec<u64> = self.pending.range(..=last).map(|(i, _)| *i).collect();
         for index in stale {
-            if let Some((_, reply)) = self.pending.remove(&index) {
+            if let Some((_, reply, _)) = self.pending.remove(&index) {
                 outcome
                     .replies
-                    .push((reply, Err(ProposeError::LeaderChanged)));
+                    .push((reply, Err(ProposeError::LeaderChanged), None));
             }
         }
         if outcome.meta {
@@ -1067,8 +1095,11 @@ impl Driver {
             }
         }
         if let Some(outcome) = outcome {
-            for (reply, answer) in outcome.replies {
+            for (reply, answer, received) in outcome.replies {
                 let _ = reply.send(answer);
+                if let Some(received) = received {
+                    self.latency.record(received.elapsed());
+                }
             }
             self.applied.send_replace(outcome.index);
         }
@@ -1101,7 +1132,7 @@ impl Driver {
             .map(|(i, _)| *i)
             .collect();
         for index in stale {
-            if let Some((_, reply)) = self.pending.remove(&index) {
+            if let Some((_, reply, _)) = self.pending.remove(&index) {
                 let _ = reply.send(Err(ProposeError::LeaderChanged));
             }
         }
@@ -1133,7 +1164,75 @@ struct Outcome {
     meta_record: Option<kiln_state::pb::StateMeta>,
     members_changed: bool,
     conf_state: Option<raft::eraftpb::ConfState>,
-    replies: Vec<(Reply<ApplyResult>, Result<ApplyResult, ProposeError>)>,
+    /// Each proposer's answer, and when its proposal was received if it committed.
+    replies: Vec<(
+        Reply<ApplyResult>,
+        Result<ApplyResult, ProposeError>,
+        Option<Instant>,
+    )>,
+}
+
+/// Sub-buckets per power of two of [`CommitLatency`]: about 9 % resolution.
+const LATENCY_SUB_BUCKETS: u64 = 8;
+/// Powers of two split in sub-buckets, from 8 µs: up to 2^28 µs (268 s, far beyond the
+/// proposal timeout); anything longer counts in the last bucket.
+const LATENCY_OCTAVES: usize = 25;
+
+/// A fixed-size log-linear histogram of commit latencies in microseconds, lock-free (one
+/// relaxed atomic add per commit) and cumulative since the process started: a benchmark
+/// reads it before and after its load and subtracts.
+pub struct CommitLatency {
+    counts: Vec<AtomicU64>,
+}
+
+impl Default for CommitLatency {
+    fn default() -> Self {
+        let size = LATENCY_SUB_BUCKETS as usize * (LATENCY_OCTAVES + 1);
+        Self {
+            counts: (0..size).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+}
+
+impl CommitLatency {
+    /// Values below 8 µs have a bucket each; above, each power of two is split in 8.
+    fn bucket(micros: u64) -> usize {
+        if micros < LATENCY_SUB_BUCKETS {
+            return micros as usize;
+        }
+        let octave = 63 - u64::from(micros.leading_zeros()); // ≥ 3
+        let sub = (micros >> (octave - 3)) & (LATENCY_SUB_BUCKETS - 1);
+        ((octave - 2) * LATENCY_SUB_BUCKETS + sub) as usize
+    }
+
+    /// The largest value (µs) that falls in `bucket`.
+    fn upper_bound(bucket: usize) -> u64 {
+        let bucket = bucket as u64;
+        if bucket < LATENCY_SUB_BUCKETS {
+            return bucket;
+        }
+        let octave = bucket / LATENCY_SUB_BUCKETS + 2;
+        let sub = bucket % LATENCY_SUB_BUCKETS;
+        ((LATENCY_SUB_BUCKETS + sub + 1) << (octave - 3)) - 1
+    }
+
+    pub fn record(&self, latency: Duration) {
+        let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        let bucket = Self::bucket(micros).min(self.counts.len() - 1);
+        self.counts[bucket].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// (upper bound in µs, count) of every non-empty bucket, lowest first.
+    pub fn buckets(&self) -> Vec<(u64, u64)> {
+        self.counts
+            .iter()
+            .enumerate()
+            .filter_map(|(bucket, count)| {
+                let count = count.load(Ordering::Relaxed);
+                (count > 0).then(|| (Self::upper_bound(bucket), count))
+            })
+            .collect()
+    }
 }
 
 fn single(id: u64, change_type: ConfChangeType) -> ConfChangeSingle {
@@ -1166,5 +1265,37 @@ impl slog::Drain for TracingDrain {
             _ => tracing::trace!(target: "raft", "{}", record.msg()),
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commit_latency_buckets_hold_their_values_and_are_ordered() {
+        let mut previous = None;
+        for micros in (0..5000).chain([65_535, 65_536, 10_000_000, 200_000_000]) {
+            let bucket = CommitLatency::bucket(micros);
+            assert!(micros <= CommitLatency::upper_bound(bucket), "{micros}");
+            if bucket > 0 {
+                assert!(micros > CommitLatency::upper_bound(bucket - 1), "{micros}");
+            }
+            if let Some(previous) = previous {
+                assert!(bucket >= previous);
+            }
+            previous = Some(bucket);
+        }
+        let latency = CommitLatency::default();
+        latency.record(Duration::from_micros(3));
+        latency.record(Duration::from_micros(1000));
+        latency.record(Duration::from_micros(1001));
+        latency.record(Duration::from_secs(3600));
+        let buckets = latency.buckets();
+        assert_eq!(buckets.len(), 3);
+        assert_eq!(buckets[0], (3, 1));
+        assert_eq!(buckets[1].1, 2);
+        assert!(buckets[1].0 >= 1001 && buckets[1].0 < 1100);
+        assert_eq!(buckets[2].1, 1);
     }
 }
