@@ -1164,13 +1164,15 @@ struct Outcome {
     meta_record: Option<kiln_state::pb::StateMeta>,
     members_changed: bool,
     conf_state: Option<raft::eraftpb::ConfState>,
-    /// Each proposer's answer, and when its proposal was received if it committed.
-    replies: Vec<(
-        Reply<ApplyResult>,
-        Result<ApplyResult, ProposeError>,
-        Option<Instant>,
-    )>,
+    replies: Vec<Answer>,
 }
+
+/// A proposer's answer, and when its proposal was received if it committed.
+type Answer = (
+    Reply<ApplyResult>,
+    Result<ApplyResult, ProposeError>,
+    Option<Instant>,
+);
 
 /// Sub-buckets per power of two of [`CommitLatency`]: about 9 % resolution.
 const LATENCY_SUB_BUCKETS: u64 = 8;
