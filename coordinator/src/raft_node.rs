@@ -32,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use kiln_state::pb::{command, ApplyResult, Command, Member, StateSnapshot};
 use kiln_state::State;
 
+use crate::cluster_api::CommitLatency;
 use crate::store::{Applied, Persist, RaftStorage, Store};
 use crate::transport::Transport;
 
@@ -1174,69 +1175,6 @@ type Answer = (
     Option<Instant>,
 );
 
-/// Sub-buckets per power of two of [`CommitLatency`]: about 9 % resolution.
-const LATENCY_SUB_BUCKETS: u64 = 8;
-/// Powers of two split in sub-buckets, from 8 µs: up to 2^28 µs (268 s, far beyond the
-/// proposal timeout); anything longer counts in the last bucket.
-const LATENCY_OCTAVES: usize = 25;
-
-/// A fixed-size log-linear histogram of commit latencies in microseconds, lock-free (one
-/// relaxed atomic add per commit) and cumulative since the process started: a benchmark
-/// reads it before and after its load and subtracts.
-pub struct CommitLatency {
-    counts: Vec<AtomicU64>,
-}
-
-impl Default for CommitLatency {
-    fn default() -> Self {
-        let size = LATENCY_SUB_BUCKETS as usize * (LATENCY_OCTAVES + 1);
-        Self {
-            counts: (0..size).map(|_| AtomicU64::new(0)).collect(),
-        }
-    }
-}
-
-impl CommitLatency {
-    /// Values below 8 µs have a bucket each; above, each power of two is split in 8.
-    fn bucket(micros: u64) -> usize {
-        if micros < LATENCY_SUB_BUCKETS {
-            return micros as usize;
-        }
-        let octave = 63 - u64::from(micros.leading_zeros()); // ≥ 3
-        let sub = (micros >> (octave - 3)) & (LATENCY_SUB_BUCKETS - 1);
-        ((octave - 2) * LATENCY_SUB_BUCKETS + sub) as usize
-    }
-
-    /// The largest value (µs) that falls in `bucket`.
-    fn upper_bound(bucket: usize) -> u64 {
-        let bucket = bucket as u64;
-        if bucket < LATENCY_SUB_BUCKETS {
-            return bucket;
-        }
-        let octave = bucket / LATENCY_SUB_BUCKETS + 2;
-        let sub = bucket % LATENCY_SUB_BUCKETS;
-        ((LATENCY_SUB_BUCKETS + sub + 1) << (octave - 3)) - 1
-    }
-
-    pub fn record(&self, latency: Duration) {
-        let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
-        let bucket = Self::bucket(micros).min(self.counts.len() - 1);
-        self.counts[bucket].fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// (upper bound in µs, count) of every non-empty bucket, lowest first.
-    pub fn buckets(&self) -> Vec<(u64, u64)> {
-        self.counts
-            .iter()
-            .enumerate()
-            .filter_map(|(bucket, count)| {
-                let count = count.load(Ordering::Relaxed);
-                (count > 0).then(|| (Self::upper_bound(bucket), count))
-            })
-            .collect()
-    }
-}
-
 fn single(id: u64, change_type: ConfChangeType) -> ConfChangeSingle {
     let mut change = ConfChangeSingle::default();
     change.set_node_id(id);
@@ -1267,37 +1205,5 @@ impl slog::Drain for TracingDrain {
             _ => tracing::trace!(target: "raft", "{}", record.msg()),
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn commit_latency_buckets_hold_their_values_and_are_ordered() {
-        let mut previous = None;
-        for micros in (0..5000).chain([65_535, 65_536, 10_000_000, 200_000_000]) {
-            let bucket = CommitLatency::bucket(micros);
-            assert!(micros <= CommitLatency::upper_bound(bucket), "{micros}");
-            if bucket > 0 {
-                assert!(micros > CommitLatency::upper_bound(bucket - 1), "{micros}");
-            }
-            if let Some(previous) = previous {
-                assert!(bucket >= previous);
-            }
-            previous = Some(bucket);
-        }
-        let latency = CommitLatency::default();
-        latency.record(Duration::from_micros(3));
-        latency.record(Duration::from_micros(1000));
-        latency.record(Duration::from_micros(1001));
-        latency.record(Duration::from_secs(3600));
-        let buckets = latency.buckets();
-        assert_eq!(buckets.len(), 3);
-        assert_eq!(buckets[0], (3, 1));
-        assert_eq!(buckets[1].1, 2);
-        assert!(buckets[1].0 >= 1001 && buckets[1].0 < 1100);
-        assert_eq!(buckets[2].1, 1);
     }
 }
