@@ -509,9 +509,13 @@ impl AgentService for Api {
                 tokio::select! {
                     biased;
                     Some((report, result)) = proposed.next(), if !proposed.is_empty() => {
-                        if !api.answer_report(&agent_id, outbox.as_ref(), report, result).await {
-                            outbox = None;
-                            break;
+                        match api.answer_report(&agent_id, outbox.as_ref(), report, result).await {
+                            Answered::Yes => {}
+                            Answered::Unknown => break,
+                            Answered::OutboxStuck => {
+                                outbox = None;
+                                break;
+                            }
                         }
                     }
                     message = inbound.message(), if proposed.len() < REPORTS_IN_FLIGHT => match message {
@@ -521,8 +525,12 @@ impl AgentService for Api {
                                 break;
                             }
                             api.agents.touch(&agent_id, connection);
-                            if let Some(report) = api.handle_message(&agent_id, connection, message) {
-                                proposed.push_back(report);
+                            match api.handle_message(&agent_id, connection, message) {
+                                Handled::Done => {}
+                                Handled::Proposed(report) => proposed.push_back(report),
+                                // Nothing after it may be proposed, or it would be applied
+                                // out of order: the agent sends it again on a new session.
+                                Handled::NotProposed => break,
                             }
                         }
                         Ok(None) => break,
@@ -536,7 +544,9 @@ impl AgentService for Api {
             // What was proposed is answered (committed, refused or timed out) before the agent
             // counts as gone, as a report being handled was before.
             while let Some((report, result)) = proposed.next().await {
-                if !api.answer_report(&agent_id, outbox.as_ref(), report, result).await {
+                if api.answer_report(&agent_id, outbox.as_ref(), report, result).await
+                    == Answered::OutboxStuck
+                {
                     outbox = None;
                 }
             }
@@ -681,18 +691,18 @@ impl Api {
         agent_id: &str,
         connection: u64,
         message: AgentMessage,
-    ) -> Option<impl std::future::Future<Output = (ProposedReport, ProposeResult)> + Send + 'static>
+    ) -> Handled<impl std::future::Future<Output = (ProposedReport, ProposeResult)> + Send + 'static>
     {
         let report_id = message.report_id;
         let (run_id, epoch, proposal) = match message.msg {
-            None | Some(agent_message::Msg::Hello(_)) => return None,
+            None | Some(agent_message::Msg::Hello(_)) => return Handled::Done,
             Some(agent_message::Msg::Heartbeat(beat)) => {
                 self.agents.heartbeat(agent_id, connection, &beat);
                 self.stop_stale_leases(
                     agent_id,
                     beat.active.iter().map(|a| (a.run_id.as_str(), a.epoch)),
                 );
-                return None;
+                return Handled::Done;
             }
             Some(agent_message::Msg::Log(chunk)) => {
                 let active = self.raft.read(|state| {
@@ -703,7 +713,7 @@ impl Api {
                 if active {
                     self.logs.append(chunk);
                 }
-                return None;
+                return Handled::Done;
             }
             Some(agent_message::Msg::AssignmentAck(ack)) => (
                 ack.run_id.clone(),
@@ -782,20 +792,26 @@ impl Api {
             run_id,
             epoch,
         };
-        let committed = self.raft.propose_enqueued(proposal);
-        Some(async move { (report, committed.await) })
+        match self.raft.propose_enqueued(proposal) {
+            Ok(committed) => Handled::Proposed(async move { (report, committed.await) }),
+            Err(error) => {
+                tracing::warn!(agent_id, run_id = %report.run_id, %error, "could not propose an agent report; ending the session");
+                Handled::NotProposed
+            }
+        }
     }
 
     /// Answers a report once its proposal's outcome is known: the acknowledgement (after the
     /// commit, or with the refusal), or nothing when the outcome is unknown (the agent sends it
-    /// again). False when the agent's outbox stayed full: the session ends.
+    /// again, on a new session: the session ends, as the reports proposed after it may already
+    /// be applied).
     async fn answer_report(
         &self,
         agent_id: &str,
         outbox: Option<&mpsc::WeakSender<CoordinatorMessage>>,
         report: ProposedReport,
         result: ProposeResult,
-    ) -> bool {
+    ) -> Answered {
         let ProposedReport {
             report_id,
             finishes,
@@ -834,18 +850,18 @@ impl Api {
             }
         };
         let Some(ack) = ack else {
-            return true;
+            return Answered::Unknown;
         };
         if finishes {
             self.agents.mark_finished(agent_id, run_id);
         }
         if report_id == 0 {
-            return true;
+            return Answered::Yes;
         }
         // The connection is gone (the registry dropped its outbox, or it stayed full): nobody
         // to tell.
         let Some(outbox) = outbox.and_then(mpsc::WeakSender::upgrade) else {
-            return true;
+            return Answered::Yes;
         };
         let message = CoordinatorMessage {
             msg: Some(coordinator_message::Msg::ReportAck(ack)),
@@ -856,21 +872,42 @@ impl Api {
         match room {
             Ok(Ok(permit)) => {
                 permit.send(message);
-                true
+                Answered::Yes
             }
-            Ok(Err(_)) => true,
+            Ok(Err(_)) => Answered::Yes,
             Err(_) => {
                 tracing::warn!(
                     agent_id,
                     "agent outbox full for {ACK_ROOM_TIMEOUT:?}; dropping the connection"
                 );
-                false
+                Answered::OutboxStuck
             }
         }
     }
 }
 
 type ProposeResult = Result<ApplyResult, ProposeError>;
+
+/// What one message of an agent's stream came to.
+enum Handled<F> {
+    /// Handled at once (a heartbeat, a log chunk).
+    Done,
+    /// A report, proposed: the future resolves with its outcome.
+    Proposed(F),
+    /// A report that could not be proposed (the Raft inbox is full, the node stops).
+    NotProposed,
+}
+
+/// How [`Api::answer_report`] answered.
+#[derive(Debug, PartialEq, Eq)]
+enum Answered {
+    /// Acknowledged, or nobody left to tell.
+    Yes,
+    /// The outcome is unknown: no acknowledgement.
+    Unknown,
+    /// The agent's outbox stayed full: no acknowledgement will get through.
+    OutboxStuck,
+}
 
 /// A report proposed to Raft and waiting for its outcome.
 struct ProposedReport {

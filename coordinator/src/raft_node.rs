@@ -227,24 +227,27 @@ impl RaftHandle {
     /// Proposes a command stamped with the current time and waits until it is applied.
     /// A command the state machine rejects comes back as [`ProposeError::Rejected`].
     pub async fn propose(&self, kind: command::Kind) -> Result<ApplyResult, ProposeError> {
-        self.propose_enqueued(kind).await
+        self.propose_enqueued(kind)?.await
     }
 
     /// Like [`RaftHandle::propose`], but the command enters the Raft thread's inbox before
     /// this returns (the future only waits for the outcome): commands enqueued one after
-    /// another from one task are appended to the log in that order.
+    /// another from one task are appended to the log in that order. Fails at once when the
+    /// inbox is full or the Raft thread stopped.
     pub fn propose_enqueued(
         &self,
         kind: command::Kind,
-    ) -> impl std::future::Future<Output = Result<ApplyResult, ProposeError>> + Send + 'static {
+    ) -> Result<
+        impl std::future::Future<Output = Result<ApplyResult, ProposeError>> + Send + 'static,
+        ProposeError,
+    > {
         let command = Command {
             at_ms: now_ms(),
             kind: Some(kind),
         };
         let (reply, response) = oneshot::channel();
-        let sent = self.send(Inbox::Propose(Box::new(command), reply));
-        async move {
-            sent?;
+        self.send(Inbox::Propose(Box::new(command), reply))?;
+        Ok(async move {
             match tokio::time::timeout(PROPOSE_TIMEOUT, response).await {
                 Err(_) => Err(ProposeError::Timeout(PROPOSE_TIMEOUT)),
                 Ok(Err(_)) => Err(ProposeError::ShuttingDown),
@@ -255,7 +258,7 @@ impl RaftHandle {
                 }
                 Ok(Ok(Ok(result))) => Ok(result),
             }
-        }
+        })
     }
 
     /// This node's commit latency since it started: (upper bound in µs, count) of every
