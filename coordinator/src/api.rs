@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use futures::Stream;
+use futures::stream::FuturesOrdered;
+use futures::{Stream, StreamExt as _};
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::task::TaskTracker;
@@ -22,8 +23,8 @@ use kiln_proto::v1::{
 use kiln_registry::Registry;
 use kiln_state::machine::{is_step_terminal, is_terminal, MAX_AGENT_LABELS, MAX_NAME_BYTES};
 use kiln_state::pb::{
-    command, AcknowledgeRun, FinishRun, Lease, LogSegment, PlanRun, PushedImage, RecordImage,
-    RecordLog, RequestCancel, Run, RunStatus, SubmitRun, UpdateStep,
+    command, AcknowledgeRun, ApplyResult, FinishRun, Lease, LogSegment, PlanRun, PushedImage,
+    RecordImage, RecordLog, RequestCancel, Run, RunStatus, SubmitRun, UpdateStep,
 };
 use kiln_state::{scheduler, PlatformSpec};
 
@@ -42,6 +43,12 @@ const MAX_AGENT_PLATFORMS: usize = 64;
 const MAX_AGENT_CAPACITY: u32 = 256;
 /// An agent that keeps reporting a run it should not run is told to stop again this often.
 const STOP_REPEAT: std::time::Duration = std::time::Duration::from_secs(5);
+/// Most reports of one agent proposed and not yet answered; with this many, its session reads
+/// nothing more until the oldest is answered.
+const REPORTS_IN_FLIGHT: usize = 256;
+/// How long an acknowledgement may wait for room in the agent's outbox (the agent reads
+/// nothing); then the session ends, as when the outbox is found full elsewhere.
+const ACK_ROOM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Chunks queued for one `kiln logs` client; the sender waits when the client reads slowly.
 const LOG_STREAM_BUFFER: usize = 64;
@@ -493,6 +500,9 @@ impl AgentService for Api {
         };
         tx.try_send(welcome)
             .map_err(|_| Status::internal("cannot queue the welcome"))?;
+        // Acknowledgements go to this connection's own outbox, waiting for room in it; weak, so
+        // that the stream still ends when the agent registry drops the connection.
+        let outbox = tx.downgrade();
         let agent_id = hello.agent_id.clone();
         let description = format!(
             "capacity {}, pool '{}', platforms {}",
@@ -514,21 +524,53 @@ impl AgentService for Api {
         self.stop_stale_leases(&agent_id, leases.iter().map(|(r, e)| (r.as_str(), *e)));
         let api = self.clone();
         self.tasks.spawn(async move {
+            // The agent's reports, proposed in the order they arrived and answered in that
+            // order as their commands commit (oldest first).
+            let mut proposed = FuturesOrdered::new();
+            let mut outbox = Some(outbox);
             loop {
-                match inbound.message().await {
-                    Ok(Some(message)) => {
-                        if !api.agents.is_current(&agent_id, connection) {
-                            tracing::info!(%agent_id, connection, "ignoring a replaced or lost connection");
+                tokio::select! {
+                    biased;
+                    Some((report, result)) = proposed.next(), if !proposed.is_empty() => {
+                        match api.answer_report(&agent_id, outbox.as_ref(), report, result).await {
+                            Answered::Yes => {}
+                            Answered::Unknown => break,
+                            Answered::OutboxStuck => {
+                                outbox = None;
+                                break;
+                            }
+                        }
+                    }
+                    message = inbound.message(), if proposed.len() < REPORTS_IN_FLIGHT => match message {
+                        Ok(Some(message)) => {
+                            if !api.agents.is_current(&agent_id, connection) {
+                                tracing::info!(%agent_id, connection, "ignoring a replaced or lost connection");
+                                break;
+                            }
+                            api.agents.touch(&agent_id, connection);
+                            match api.handle_message(&agent_id, connection, message) {
+                                Handled::Done => {}
+                                Handled::Proposed(report) => proposed.push_back(report),
+                                // Nothing after it may be proposed, or it would be applied
+                                // out of order: the agent sends it again on a new session.
+                                Handled::NotProposed => break,
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(status) => {
+                            tracing::info!(%agent_id, %status, "agent stream failed");
                             break;
                         }
-                        api.agents.touch(&agent_id, connection);
-                        api.handle_message(&agent_id, connection, message).await;
-                    }
-                    Ok(None) => break,
-                    Err(status) => {
-                        tracing::info!(%agent_id, %status, "agent stream failed");
-                        break;
-                    }
+                    },
+                }
+            }
+            // What was proposed is answered (committed, refused or timed out) before the agent
+            // counts as gone, as a report being handled was before.
+            while let Some((report, result)) = proposed.next().await {
+                if api.answer_report(&agent_id, outbox.as_ref(), report, result).await
+                    == Answered::OutboxStuck
+                {
+                    outbox = None;
                 }
             }
             tracing::info!(%agent_id, connection, "agent disconnected");
@@ -663,20 +705,27 @@ impl Api {
         );
     }
 
-    /// Handles one message of an agent's stream. Reports are proposed one at a time, in the
-    /// order the agent sent them, so a step's end is applied before the run's end; each is
-    /// acknowledged only once its command is committed or finally rejected.
-    async fn handle_message(&self, agent_id: &str, connection: u64, message: AgentMessage) {
+    /// Handles one message of an agent's stream. A report is proposed at once (before the
+    /// next message is read, so an agent's reports enter the log in the order it sent them and
+    /// a step's end is applied before the run's end); the returned future resolves when its
+    /// command is committed or finally rejected, and [`Api::answer_report`] acknowledges it.
+    fn handle_message(
+        &self,
+        agent_id: &str,
+        connection: u64,
+        message: AgentMessage,
+    ) -> Handled<impl std::future::Future<Output = (ProposedReport, ProposeResult)> + Send + 'static>
+    {
         let report_id = message.report_id;
         let (run_id, epoch, proposal) = match message.msg {
-            None | Some(agent_message::Msg::Hello(_)) => return,
+            None | Some(agent_message::Msg::Hello(_)) => return Handled::Done,
             Some(agent_message::Msg::Heartbeat(beat)) => {
                 self.agents.heartbeat(agent_id, connection, &beat);
                 self.stop_stale_leases(
                     agent_id,
                     beat.active.iter().map(|a| (a.run_id.as_str(), a.epoch)),
                 );
-                return;
+                return Handled::Done;
             }
             Some(agent_message::Msg::Log(chunk)) => {
                 let active = self.raft.read(|state| {
@@ -687,7 +736,7 @@ impl Api {
                 if active {
                     self.logs.append(chunk);
                 }
-                return;
+                return Handled::Done;
             }
             Some(agent_message::Msg::AssignmentAck(ack)) => (
                 ack.run_id.clone(),
@@ -760,15 +809,47 @@ impl Api {
                 }),
             ),
         };
-        let finishes = matches!(proposal, command::Kind::FinishRun(_));
-        let ack = match self.raft.propose(proposal).await {
+        let report = ProposedReport {
+            report_id,
+            finishes: matches!(proposal, command::Kind::FinishRun(_)),
+            run_id,
+            epoch,
+        };
+        match self.raft.propose_enqueued(proposal) {
+            Ok(committed) => Handled::Proposed(async move { (report, committed.await) }),
+            Err(error) => {
+                tracing::warn!(agent_id, run_id = %report.run_id, %error, "could not propose an agent report; ending the session");
+                Handled::NotProposed
+            }
+        }
+    }
+
+    /// Answers a report once its proposal's outcome is known: the acknowledgement (after the
+    /// commit, or with the refusal), or nothing when the outcome is unknown (the agent sends it
+    /// again, on a new session: the session ends, as the reports proposed after it may already
+    /// be applied).
+    async fn answer_report(
+        &self,
+        agent_id: &str,
+        outbox: Option<&mpsc::WeakSender<CoordinatorMessage>>,
+        report: ProposedReport,
+        result: ProposeResult,
+    ) -> Answered {
+        let ProposedReport {
+            report_id,
+            finishes,
+            run_id,
+            epoch,
+        } = report;
+        let run_id = run_id.as_str();
+        let ack = match result {
             Ok(_) => Some(ReportAck {
                 report_id,
                 ..ReportAck::default()
             }),
             Err(ProposeError::Stale(message)) => {
                 tracing::info!(agent_id, run_id, epoch, %message, "stale report rejected");
-                self.send_stop(agent_id, &run_id, epoch, message.clone());
+                self.send_stop(agent_id, run_id, epoch, message.clone());
                 Some(ReportAck {
                     report_id,
                     error: message,
@@ -792,20 +873,71 @@ impl Api {
             }
         };
         let Some(ack) = ack else {
-            return;
+            return Answered::Unknown;
         };
         if finishes {
-            self.agents.mark_finished(agent_id, &run_id);
+            self.agents.mark_finished(agent_id, run_id);
         }
-        if report_id != 0 {
-            self.agents.send(
-                agent_id,
-                CoordinatorMessage {
-                    msg: Some(coordinator_message::Msg::ReportAck(ack)),
-                },
-            );
+        if report_id == 0 {
+            return Answered::Yes;
+        }
+        // The connection is gone (the registry dropped its outbox, or it stayed full): nobody
+        // to tell.
+        let Some(outbox) = outbox.and_then(mpsc::WeakSender::upgrade) else {
+            return Answered::Yes;
+        };
+        let message = CoordinatorMessage {
+            msg: Some(coordinator_message::Msg::ReportAck(ack)),
+        };
+        // Many acknowledgements can become due at once (their commands commit together):
+        // wait for room rather than overflow the bounded outbox.
+        let room = tokio::time::timeout(ACK_ROOM_TIMEOUT, outbox.reserve()).await;
+        match room {
+            Ok(Ok(permit)) => {
+                permit.send(message);
+                Answered::Yes
+            }
+            Ok(Err(_)) => Answered::Yes,
+            Err(_) => {
+                tracing::warn!(
+                    agent_id,
+                    "agent outbox full for {ACK_ROOM_TIMEOUT:?}; dropping the connection"
+                );
+                Answered::OutboxStuck
+            }
         }
     }
+}
+
+type ProposeResult = Result<ApplyResult, ProposeError>;
+
+/// What one message of an agent's stream came to.
+enum Handled<F> {
+    /// Handled at once (a heartbeat, a log chunk).
+    Done,
+    /// A report, proposed: the future resolves with its outcome.
+    Proposed(F),
+    /// A report that could not be proposed (the Raft inbox is full, the node stops).
+    NotProposed,
+}
+
+/// How [`Api::answer_report`] answered.
+#[derive(Debug, PartialEq, Eq)]
+enum Answered {
+    /// Acknowledged, or nobody left to tell.
+    Yes,
+    /// The outcome is unknown: no acknowledgement.
+    Unknown,
+    /// The agent's outbox stayed full: no acknowledgement will get through.
+    OutboxStuck,
+}
+
+/// A report proposed to Raft and waiting for its outcome.
+struct ProposedReport {
+    report_id: u64,
+    finishes: bool,
+    run_id: String,
+    epoch: u64,
 }
 
 fn lease(agent_id: &str, epoch: u64) -> Lease {

@@ -1,15 +1,17 @@
 //! `kiln.v1.Cluster`: membership, leadership and backups, for `kiln cluster`.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use futures::Stream;
 use tonic::{Request, Response, Status};
 
 use kiln_proto::v1::cluster_server::Cluster;
 use kiln_proto::v1::{
-    AddMemberRequest, AddMemberResponse, ClusterStatusRequest, ClusterStatusResponse, MemberStatus,
-    RemoveMemberRequest, RemoveMemberResponse, SaveSnapshotRequest, SnapshotPiece,
-    TransferLeaderRequest, TransferLeaderResponse,
+    AddMemberRequest, AddMemberResponse, ClusterStatusRequest, ClusterStatusResponse,
+    LatencyBucket, MemberStatus, RemoveMemberRequest, RemoveMemberResponse, SaveSnapshotRequest,
+    SnapshotPiece, TransferLeaderRequest, TransferLeaderResponse,
 };
 use kiln_state::pb::Member;
 
@@ -94,6 +96,12 @@ impl Cluster for ClusterApi {
             last_index: report.last_index,
             snapshot_index: report.snapshot_index,
             members,
+            commit_latency: self
+                .raft
+                .commit_latency()
+                .into_iter()
+                .map(|(le_us, count)| LatencyBucket { le_us, count })
+                .collect(),
         }))
     }
 
@@ -183,5 +191,100 @@ impl Cluster for ClusterApi {
             })
             .collect();
         Ok(Response::new(Box::pin(tokio_stream::iter(pieces))))
+    }
+}
+
+/// Sub-buckets per power of two of [`CommitLatency`]: about 9 % resolution.
+const LATENCY_SUB_BUCKETS: u64 = 8;
+/// Powers of two split in sub-buckets, from 8 µs: up to 2^28 µs (268 s, far beyond the
+/// proposal timeout); anything longer counts in the last bucket.
+const LATENCY_OCTAVES: usize = 25;
+
+/// A fixed-size log-linear histogram of commit latencies in microseconds, lock-free (one
+/// relaxed atomic add per commit) and cumulative since the process started: a benchmark
+/// reads it before and after its load and subtracts.
+pub struct CommitLatency {
+    counts: Vec<AtomicU64>,
+}
+
+impl Default for CommitLatency {
+    fn default() -> Self {
+        let size = LATENCY_SUB_BUCKETS as usize * (LATENCY_OCTAVES + 1);
+        Self {
+            counts: (0..size).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+}
+
+impl CommitLatency {
+    /// Values below 8 µs have a bucket each; above, each power of two is split in 8.
+    fn bucket(micros: u64) -> usize {
+        if micros < LATENCY_SUB_BUCKETS {
+            return micros as usize;
+        }
+        let octave = 63 - u64::from(micros.leading_zeros()); // ≥ 3
+        let sub = (micros >> (octave - 3)) & (LATENCY_SUB_BUCKETS - 1);
+        ((octave - 2) * LATENCY_SUB_BUCKETS + sub) as usize
+    }
+
+    /// The largest value (µs) that falls in `bucket`.
+    fn upper_bound(bucket: usize) -> u64 {
+        let bucket = bucket as u64;
+        if bucket < LATENCY_SUB_BUCKETS {
+            return bucket;
+        }
+        let octave = bucket / LATENCY_SUB_BUCKETS + 2;
+        let sub = bucket % LATENCY_SUB_BUCKETS;
+        ((LATENCY_SUB_BUCKETS + sub + 1) << (octave - 3)) - 1
+    }
+
+    pub fn record(&self, latency: Duration) {
+        let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        let bucket = Self::bucket(micros).min(self.counts.len() - 1);
+        self.counts[bucket].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// (upper bound in µs, count) of every non-empty bucket, lowest first.
+    pub fn buckets(&self) -> Vec<(u64, u64)> {
+        self.counts
+            .iter()
+            .enumerate()
+            .filter_map(|(bucket, count)| {
+                let count = count.load(Ordering::Relaxed);
+                (count > 0).then(|| (Self::upper_bound(bucket), count))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commit_latency_buckets_hold_their_values_and_are_ordered() {
+        let mut previous = None;
+        for micros in (0..5000).chain([65_535, 65_536, 10_000_000, 200_000_000]) {
+            let bucket = CommitLatency::bucket(micros);
+            assert!(micros <= CommitLatency::upper_bound(bucket), "{micros}");
+            if bucket > 0 {
+                assert!(micros > CommitLatency::upper_bound(bucket - 1), "{micros}");
+            }
+            if let Some(previous) = previous {
+                assert!(bucket >= previous);
+            }
+            previous = Some(bucket);
+        }
+        let latency = CommitLatency::default();
+        latency.record(Duration::from_micros(3));
+        latency.record(Duration::from_micros(1000));
+        latency.record(Duration::from_micros(1001));
+        latency.record(Duration::from_secs(3600));
+        let buckets = latency.buckets();
+        assert_eq!(buckets.len(), 3);
+        assert_eq!(buckets[0], (3, 1));
+        assert_eq!(buckets[1].1, 2);
+        assert!(buckets[1].0 >= 1001 && buckets[1].0 < 1100);
+        assert_eq!(buckets[2].1, 1);
     }
 }

@@ -221,6 +221,10 @@ impl Control {
 
     async fn assign_queued_runs(&self) {
         let assignments = self.raft.read(|state| {
+            // A pass runs after every applied change; most find nothing queued.
+            if state.queued_runs().next().is_none() {
+                return Vec::new();
+            }
             let mut running: HashMap<&str, u32> = HashMap::new();
             for run in state.running_runs() {
                 *running.entry(run.agent_id.as_str()).or_default() += 1;
@@ -228,6 +232,10 @@ impl Control {
             let views = self
                 .agents
                 .views(|agent_id| running.get(agent_id).copied().unwrap_or(0));
+            let views = candidates(views, |most| state.queued_runs().take(most).count());
+            if views.is_empty() {
+                return Vec::new();
+            }
             scheduler::solve(state, &views)
         });
         // Proposed together, so that they share Raft batches (one fsync for many) instead of
@@ -529,6 +537,40 @@ fn lost_policy(run: &Run, reason: String, started_a_step: bool) -> Decision {
     }
 }
 
+/// The agents `scheduler::solve` may choose from, given how many runs are queued (counted up
+/// to a limit). `solve` compares every agent with a free slot for every run it places (agent
+/// ids break ties: a string comparison each), which dominated the leader's profile with 1000
+/// agents; this leaves out agents it would never choose, so its choices are the same:
+/// - full agents (it skips them);
+/// - when every agent offers the same platforms, pool and labels, a run that fits one fits
+///   all and `solve` always takes the least-loaded agent (lowest id first), so for K runs
+///   only the K least-loaded agents can be taken: an agent ranked r-th is chosen only after
+///   each of the r-1 before it was chosen at least once.
+fn candidates(
+    mut views: Vec<scheduler::AgentView>,
+    queued: impl FnOnce(usize) -> usize,
+) -> Vec<scheduler::AgentView> {
+    views.retain(|view| view.running < view.capacity);
+    let free: usize = views
+        .iter()
+        .map(|view| (view.capacity - view.running) as usize)
+        .sum();
+    let runs = queued(free);
+    let Some(first) = views.first() else {
+        return views;
+    };
+    let alike = views.iter().all(|view| {
+        view.platforms == first.platforms && view.pool == first.pool && view.labels == first.labels
+    });
+    if alike && views.len() > runs {
+        views.select_nth_unstable_by(runs, |a, b| {
+            (a.running, &a.agent_id).cmp(&(b.running, &b.agent_id))
+        });
+        views.truncate(runs);
+    }
+    views
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -702,5 +744,69 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    fn view(id: &str, running: u32, arch: &str) -> scheduler::AgentView {
+        scheduler::AgentView {
+            agent_id: id.to_string(),
+            platforms: vec![(
+                kiln_state::PlatformSpec::parse(&format!("linux/{arch}")).unwrap(),
+                false,
+            )],
+            capacity: 4,
+            running,
+            pool: String::new(),
+            labels: Vec::new(),
+        }
+    }
+
+    fn queued_state(runs: u64) -> kiln_state::State {
+        let mut state = kiln_state::State::default();
+        for index in 1..=runs {
+            let request = RunRequest {
+                task_yaml: "steps:\n  - cmd: busybox true\n".to_string(),
+                registry: "127.0.0.1:5000".to_string(),
+                platform: Some(
+                    kiln_state::PlatformSpec::parse("linux/amd64")
+                        .unwrap()
+                        .to_pb(),
+                ),
+                kind: "run".to_string(),
+                submitter: format!("s{}", index % 3),
+                ..RunRequest::default()
+            };
+            let command = kiln_state::pb::Command {
+                at_ms: index,
+                kind: Some(command::Kind::SubmitRun(kiln_state::pb::SubmitRun {
+                    request: Some(request),
+                    request_id: format!("r{index}"),
+                })),
+            };
+            let outcome = state.apply(index, &command);
+            assert!(outcome.result.error.is_empty(), "{:?}", outcome.result);
+        }
+        state
+    }
+
+    #[test]
+    fn leaving_out_agents_the_scheduler_would_not_choose_changes_no_assignment() {
+        // Loads 0..=4 in a scrambled order over 60 agents, some full.
+        let alike: Vec<scheduler::AgentView> = (0..60u32)
+            .map(|n| view(&format!("agent-{:02}", (n * 37) % 60), (n * 7) % 5, "amd64"))
+            .collect();
+        let mut mixed = alike.clone();
+        mixed[5] = view("arm-agent", 0, "arm64");
+        for runs in [0, 1, 3, 10, 25, 200] {
+            let state = queued_state(runs);
+            for views in [&alike, &mixed] {
+                let all = scheduler::solve(&state, views);
+                let kept = candidates(views.clone(), |most| state.queued_runs().take(most).count());
+                assert!(kept.iter().all(|v| v.running < v.capacity));
+                assert_eq!(scheduler::solve(&state, &kept), all, "{runs} runs");
+            }
+            let kept = candidates(alike.clone(), |most| state.queued_runs().take(most).count());
+            let free = alike.iter().filter(|v| v.running < v.capacity).count();
+            assert_eq!(kept.len(), free.min(runs as usize));
+        }
     }
 }

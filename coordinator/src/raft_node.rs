@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use kiln_state::pb::{command, ApplyResult, Command, Member, StateSnapshot};
 use kiln_state::State;
 
+use crate::cluster_api::CommitLatency;
 use crate::store::{crash_point, Applied, Persist, RaftStorage, Store};
 use crate::transport::Transport;
 
@@ -218,6 +219,7 @@ pub struct RaftHandle {
     status: watch::Receiver<RaftStatus>,
     failed: CancellationToken,
     failure: Arc<std::sync::Mutex<String>>,
+    latency: Arc<CommitLatency>,
     pub node_id: u64,
     pub cluster_id: u64,
 }
@@ -226,22 +228,44 @@ impl RaftHandle {
     /// Proposes a command stamped with the current time and waits until it is applied.
     /// A command the state machine rejects comes back as [`ProposeError::Rejected`].
     pub async fn propose(&self, kind: command::Kind) -> Result<ApplyResult, ProposeError> {
+        self.propose_enqueued(kind)?.await
+    }
+
+    /// Like [`RaftHandle::propose`], but the command enters the Raft thread's inbox before
+    /// this returns (the future only waits for the outcome): commands enqueued one after
+    /// another from one task are appended to the log in that order. Fails at once when the
+    /// inbox is full or the Raft thread stopped.
+    pub fn propose_enqueued(
+        &self,
+        kind: command::Kind,
+    ) -> Result<
+        impl std::future::Future<Output = Result<ApplyResult, ProposeError>> + Send + 'static,
+        ProposeError,
+    > {
         let command = Command {
             at_ms: now_ms(),
             kind: Some(kind),
         };
         let (reply, response) = oneshot::channel();
         self.send(Inbox::Propose(Box::new(command), reply))?;
-        match tokio::time::timeout(PROPOSE_TIMEOUT, response).await {
-            Err(_) => Err(ProposeError::Timeout(PROPOSE_TIMEOUT)),
-            Ok(Err(_)) => Err(ProposeError::ShuttingDown),
-            Ok(Ok(Err(error))) => Err(error),
-            Ok(Ok(Ok(result))) if result.stale_lease => Err(ProposeError::Stale(result.error)),
-            Ok(Ok(Ok(result))) if !result.error.is_empty() => {
-                Err(ProposeError::Rejected(result.error))
+        Ok(async move {
+            match tokio::time::timeout(PROPOSE_TIMEOUT, response).await {
+                Err(_) => Err(ProposeError::Timeout(PROPOSE_TIMEOUT)),
+                Ok(Err(_)) => Err(ProposeError::ShuttingDown),
+                Ok(Ok(Err(error))) => Err(error),
+                Ok(Ok(Ok(result))) if result.stale_lease => Err(ProposeError::Stale(result.error)),
+                Ok(Ok(Ok(result))) if !result.error.is_empty() => {
+                    Err(ProposeError::Rejected(result.error))
+                }
+                Ok(Ok(Ok(result))) => Ok(result),
             }
-            Ok(Ok(Ok(result))) => Ok(result),
-        }
+        })
+    }
+
+    /// This node's commit latency since it started: (upper bound in µs, count) of every
+    /// non-empty bucket, lowest first. Only a leader's proposals are counted.
+    pub fn commit_latency(&self) -> Vec<(u64, u64)> {
+        self.latency.buckets()
     }
 
     fn send(&self, message: Inbox) -> Result<(), ProposeError> {
@@ -435,6 +459,7 @@ pub fn start(
     });
     let failed = CancellationToken::new();
     let failure = Arc::new(std::sync::Mutex::new(String::new()));
+    let latency = Arc::new(CommitLatency::default());
     let handle = RaftHandle {
         inbox: inbox_tx,
         state: state.clone(),
@@ -442,6 +467,7 @@ pub fn start(
         status: status_rx,
         failed: failed.clone(),
         failure: failure.clone(),
+        latency: latency.clone(),
         node_id,
         cluster_id,
     };
@@ -463,6 +489,7 @@ pub fn start(
         status: status_tx,
         last_heard: HashMap::new(),
         removed: false,
+        latency,
     };
     let thread = thread::Builder::new()
         .name("raft".to_string())
@@ -484,8 +511,9 @@ struct Driver {
     state: Arc<RwLock<State>>,
     config: RaftConfig,
     transport: Transport,
-    /// This node's proposals waiting to be applied: index → (term, reply).
-    pending: BTreeMap<u64, (u64, Reply<ApplyResult>)>,
+    /// This node's proposals waiting to be applied: index → (term, reply, when the Raft
+    /// thread received it).
+    pending: BTreeMap<u64, (u64, Reply<ApplyResult>, Instant)>,
     /// Read-index requests by their context.
     reads: HashMap<u64, Reply<u64>>,
     next_read: AtomicU64,
@@ -499,6 +527,8 @@ struct Driver {
     last_heard: HashMap<u64, Instant>,
     /// This node was removed from the cluster.
     removed: bool,
+    /// Proposal received → applied, persisted and its proposer answered.
+    latency: Arc<CommitLatency>,
 }
 
 impl Driver {
@@ -539,7 +569,7 @@ impl Driver {
     }
 
     fn fail_all(&mut self, error: ProposeError) {
-        for (_, (_, reply)) in std::mem::take(&mut self.pending) {
+        for (_, (_, reply, _)) in std::mem::take(&mut self.pending) {
             let _ = reply.send(Err(error.clone()));
         }
         for (_, reply) in self.reads.drain() {
@@ -621,6 +651,7 @@ impl Driver {
     }
 
     fn propose(&mut self, command: Command, reply: Reply<ApplyResult>) {
+        let received = Instant::now();
         if !self.is_ready_leader() {
             let _ = reply.send(Err(self.not_leader()));
             return;
@@ -634,7 +665,8 @@ impl Driver {
                     let _ = reply.send(Err(ProposeError::Overloaded));
                     return;
                 }
-                self.pending.insert(index, (self.node.raft.term, reply));
+                self.pending
+                    .insert(index, (self.node.raft.term, reply, received));
             }
             // Dropped: no leader any more, a transfer in progress, or too much uncommitted.
             Err(raft::Error::ProposalDropped) => {
@@ -1011,22 +1043,22 @@ impl Driver {
                     None
                 }
             };
-            if let Some((term, reply)) = self.pending.remove(&index) {
-                let answer = if term != entry.get_term() {
-                    Err(ProposeError::LeaderChanged)
+            if let Some((term, reply, received)) = self.pending.remove(&index) {
+                let (answer, received) = if term != entry.get_term() {
+                    (Err(ProposeError::LeaderChanged), None)
                 } else {
-                    Ok(result.unwrap_or_default())
+                    (Ok(result.unwrap_or_default()), Some(received))
                 };
-                outcome.replies.push((reply, answer));
+                outcome.replies.push((reply, answer, received));
             }
         }
         // Proposals below the applied index that never came back were replaced.
         let stale: Vec<u64> = self.pending.range(..=last).map(|(i, _)| *i).collect();
         for index in stale {
-            if let Some((_, reply)) = self.pending.remove(&index) {
+            if let Some((_, reply, _)) = self.pending.remove(&index) {
                 outcome
                     .replies
-                    .push((reply, Err(ProposeError::LeaderChanged)));
+                    .push((reply, Err(ProposeError::LeaderChanged), None));
             }
         }
         if outcome.meta {
@@ -1077,8 +1109,11 @@ impl Driver {
             if !outcome.replies.is_empty() {
                 crash_point!("raft-before-reply");
             }
-            for (reply, answer) in outcome.replies {
+            for (reply, answer, received) in outcome.replies {
                 let _ = reply.send(answer);
+                if let Some(received) = received {
+                    self.latency.record(received.elapsed());
+                }
             }
             self.applied.send_replace(outcome.index);
         }
@@ -1111,7 +1146,7 @@ impl Driver {
             .map(|(i, _)| *i)
             .collect();
         for index in stale {
-            if let Some((_, reply)) = self.pending.remove(&index) {
+            if let Some((_, reply, _)) = self.pending.remove(&index) {
                 let _ = reply.send(Err(ProposeError::LeaderChanged));
             }
         }
@@ -1143,8 +1178,15 @@ struct Outcome {
     meta_record: Option<kiln_state::pb::StateMeta>,
     members_changed: bool,
     conf_state: Option<raft::eraftpb::ConfState>,
-    replies: Vec<(Reply<ApplyResult>, Result<ApplyResult, ProposeError>)>,
+    replies: Vec<Answer>,
 }
+
+/// A proposer's answer, and when its proposal was received if it committed.
+type Answer = (
+    Reply<ApplyResult>,
+    Result<ApplyResult, ProposeError>,
+    Option<Instant>,
+);
 
 fn single(id: u64, change_type: ConfChangeType) -> ConfChangeSingle {
     let mut change = ConfChangeSingle::default();

@@ -924,3 +924,71 @@ async fn every_report_resent_after_its_agent_died_before_the_ack_is_applied_once
     drop((agent, control));
     coordinator.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_sent_without_waiting_are_applied_and_acknowledged_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let coordinator = start(dir.path()).await;
+    let mut control = coordinator.control().await;
+    let mut agent =
+        connect_agent(&coordinator.address, "eager", &[("linux", "amd64", false)]).await;
+    // Capacity 2: two runs whose reports interleave.
+    let runs = [
+        submit(&mut control, "amd64").await,
+        submit(&mut control, "amd64").await,
+    ];
+    let mut epochs = Vec::new();
+    for _ in &runs {
+        let assignment = agent.next_assignment().await;
+        agent.ack_assignment(&assignment).await;
+        epochs.push((assignment.run_id, assignment.epoch));
+    }
+    epochs.sort();
+    // Every report of both runs, one after another without waiting for any acknowledgement.
+    // Applied out of order, the later ones would be refused: a step already Succeeded cannot
+    // become Running, a finished run takes no step update.
+    let makers: [fn(&str, u64) -> agent_message::Msg; 4] = [
+        planned,
+        |r, e| step(r, e, StepStatus::Running),
+        |r, e| step(r, e, StepStatus::Succeeded),
+        |r, e| finished(r, e, RunStatus::Succeeded),
+    ];
+    let mut reports = Vec::new();
+    for make in makers {
+        for (run_id, epoch) in &epochs {
+            reports.push(make(run_id, *epoch));
+        }
+    }
+    let first_id = agent.next_report;
+    for report in &reports {
+        let id = agent.next_report;
+        agent.next_report += 1;
+        agent.send_raw(report.clone(), id).await;
+    }
+    let mut acks = Vec::new();
+    while acks.len() < reports.len() {
+        match agent.next().await {
+            coordinator_message::Msg::ReportAck(ack) => acks.push(ack),
+            coordinator_message::Msg::Stop(stop) => panic!("told to stop: {stop:?}"),
+            _ => {}
+        }
+    }
+    let expected: Vec<u64> = (first_id..first_id + reports.len() as u64).collect();
+    let got: Vec<u64> = acks.iter().map(|a| a.report_id).collect();
+    assert_eq!(
+        got, expected,
+        "acknowledgements in the order of the reports"
+    );
+    for ack in &acks {
+        assert_eq!((ack.error.as_str(), ack.stale), ("", false), "{ack:?}");
+    }
+    for (run_id, _) in &epochs {
+        let run = get_run(&mut control, run_id).await.run.unwrap();
+        assert_eq!(run.status(), RunStatus::Succeeded);
+        assert_eq!(run.steps.len(), 1);
+        assert_eq!(run.steps[0].status(), StepStatus::Succeeded);
+        assert!(run.steps[0].started_at_ms > 0 && run.steps[0].finished_at_ms > 0);
+    }
+    drop((agent, control));
+    coordinator.stop().await;
+}

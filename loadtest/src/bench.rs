@@ -17,13 +17,14 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use kiln_proto::v1::{CancelRunRequest, GetRunRequest, SubmitRunRequest};
+use kiln_proto::v1::cluster_client::ClusterClient;
+use kiln_proto::v1::{CancelRunRequest, ClusterStatusRequest, GetRunRequest, SubmitRunRequest};
 use kiln_state::pb::{RunRequest, RunStatus};
 
 use crate::driver::Client;
 use crate::outcome::queue_time;
 use crate::sim::{SimFarm, SimSummary};
-use crate::stats::LatencySummary;
+use crate::stats::{bucket_difference, Buckets, HistogramSummary, LatencySummary};
 
 /// The fairness goal: a lone run waits at most this long (p99) behind a flood.
 pub const FAIRNESS_GOAL: Duration = Duration::from_secs(1);
@@ -144,6 +145,101 @@ pub struct DispatchPlan {
     pub runs: u32,
     pub concurrency: usize,
     pub max_duration: Duration,
+    /// After the load: this many runs submitted one at a time (the light-load commit latency).
+    pub light_runs: u32,
+}
+
+/// How long one `Cluster.Status` call may take.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the leader said about itself at one moment.
+#[derive(Clone, Debug)]
+pub struct LeaderView {
+    pub node_id: u64,
+    pub term: u64,
+    pub commit_index: u64,
+    pub commit_latency: Buckets,
+}
+
+/// Asks every endpoint for its cluster status and returns the leader's, if one answers.
+pub async fn leader_view(client: &Client) -> Option<LeaderView> {
+    let endpoints = client.endpoints();
+    for url in endpoints.urls() {
+        let Ok(connection) = endpoints.connection(url) else {
+            continue;
+        };
+        let mut cluster = ClusterClient::new(connection);
+        let call = cluster.status(ClusterStatusRequest {});
+        let Ok(Ok(response)) = tokio::time::timeout(STATUS_TIMEOUT, call).await else {
+            continue;
+        };
+        let status = response.into_inner();
+        if status.role == "leader" {
+            return Some(LeaderView {
+                node_id: status.node_id,
+                term: status.term,
+                commit_index: status.commit_index,
+                commit_latency: status
+                    .commit_latency
+                    .iter()
+                    .map(|b| (b.le_us, b.count))
+                    .collect(),
+            });
+        }
+    }
+    None
+}
+
+/// The leader's commit latency and commit rate between two views of it.
+#[derive(Clone, Debug, Serialize)]
+pub struct CommitFigures {
+    pub leader_id: u64,
+    /// Log entries committed in between.
+    pub commands: u64,
+    pub commands_per_second: f64,
+    /// Proposal received by the leader's Raft thread → committed, applied, persisted and the
+    /// proposer answered (bucket upper bounds, about 9 % wide).
+    pub latency_ms: HistogramSummary,
+}
+
+/// `None` when a view is missing or the leadership moved in between (the histograms are per
+/// process).
+pub fn commit_figures(
+    before: Option<&LeaderView>,
+    after: Option<&LeaderView>,
+    seconds: f64,
+) -> Option<CommitFigures> {
+    let (before, after) = (before?, after?);
+    if before.node_id != after.node_id || before.term != after.term {
+        return None;
+    }
+    let commands = after.commit_index.saturating_sub(before.commit_index);
+    Some(CommitFigures {
+        leader_id: after.node_id,
+        commands,
+        commands_per_second: rate(commands, seconds),
+        latency_ms: HistogramSummary::from_buckets(&bucket_difference(
+            &before.commit_latency,
+            &after.commit_latency,
+        )),
+    })
+}
+
+fn commit_line(name: &str, figures: Option<&CommitFigures>) -> String {
+    let ms = |value: Option<f64>| value.map_or_else(|| "-".to_string(), |v| format!("{v:.2}"));
+    match figures {
+        Some(f) => format!(
+            "{name:<13} {} commits ({:.0} entries/s) on leader {}: p50 {} ms  p90 {} ms  p99 {} ms  max {} ms\n",
+            f.latency_ms.count,
+            f.commands_per_second,
+            f.leader_id,
+            ms(f.latency_ms.p50_ms),
+            ms(f.latency_ms.p90_ms),
+            ms(f.latency_ms.p99_ms),
+            ms(f.latency_ms.max_ms),
+        ),
+        None => format!("{name:<13} - (no leader answered, or the leadership moved)\n"),
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -161,6 +257,11 @@ pub struct DispatchReport {
     pub throughput_runs_per_second: f64,
     pub stopped_by: &'static str,
     pub sim: SimSummary,
+    /// The leader's commits over the load (first submission → last finish).
+    pub commit: Option<CommitFigures>,
+    /// The leader's commits while `light_runs` runs were submitted one at a time afterwards.
+    pub light_runs: u32,
+    pub light_commit: Option<CommitFigures>,
 }
 
 impl DispatchReport {
@@ -188,6 +289,14 @@ impl DispatchReport {
         if let Some(error) = &self.first_submit_error {
             out.push_str(&format!("first submit error  {error}\n"));
         }
+        out.push_str(&commit_line("commit", self.commit.as_ref()));
+        if self.light_runs > 0 {
+            out.push_str(&format!(
+                "light load    {} runs submitted one at a time after the load\n",
+                self.light_runs
+            ));
+            out.push_str(&commit_line("light commit", self.light_commit.as_ref()));
+        }
         out.push_str(&self.sim.to_table());
         out
     }
@@ -207,6 +316,7 @@ pub async fn dispatch(
         submitter: submitter.clone(),
         ..request
     };
+    let view_before = leader_view(client).await;
     let start = Instant::now();
     let deadline = start + plan.max_duration;
     let stop = interrupt.child_token();
@@ -225,7 +335,7 @@ pub async fn dispatch(
         tally = farm.wait_finished(&submitter, u64::from(submitted), deadline.saturating_duration_since(Instant::now())) => tally,
         () = stop.cancelled() => farm.tally(&submitter),
     };
-    timer.abort();
+    let view_after = leader_view(client).await;
     let finished = waited.map_or(0, |t| t.finished);
     let stopped_by = if finished >= u64::from(submitted) {
         "every run finished"
@@ -241,7 +351,20 @@ pub async fn dispatch(
     if finished < u64::from(submitted) {
         cancel_all(client, ids, plan.concurrency).await;
     }
-    let sim = farm.stop().await;
+    let commit = commit_figures(
+        view_before.as_ref(),
+        view_after.as_ref(),
+        wall.as_secs_f64(),
+    );
+    // The acknowledgement latencies of the load alone, before the light phase adds its own.
+    let sim = farm.summary();
+    let light_commit = if plan.light_runs > 0 && !stop.is_cancelled() {
+        light_load(client, &farm, &request, plan.light_runs, deadline, &stop).await
+    } else {
+        None
+    };
+    timer.abort();
+    farm.stop().await;
     DispatchReport {
         runs: plan.runs,
         submitted,
@@ -254,7 +377,42 @@ pub async fn dispatch(
         throughput_runs_per_second: rate(finished, wall.as_secs_f64()),
         stopped_by,
         sim,
+        commit,
+        light_runs: plan.light_runs,
+        light_commit,
     }
+}
+
+/// Light load: `runs` runs submitted one after another (each once the previous submission was
+/// answered), under a submitter of their own, until they finished; the leader's commits over
+/// that time.
+async fn light_load(
+    client: &Client,
+    farm: &SimFarm,
+    request: &RunRequest,
+    runs: u32,
+    deadline: Instant,
+    stop: &CancellationToken,
+) -> Option<CommitFigures> {
+    let submitter = unique_submitter("light");
+    let request = RunRequest {
+        submitter: submitter.clone(),
+        ..request.clone()
+    };
+    let before = leader_view(client).await;
+    let start = Instant::now();
+    let (ids, _, _) = submit_many(client, &request, runs, 1, stop).await;
+    let limit = deadline.saturating_duration_since(Instant::now());
+    let finished = tokio::select! {
+        tally = farm.wait_finished(&submitter, ids.len() as u64, limit) => tally.map_or(0, |t| t.finished),
+        () = stop.cancelled() => 0,
+    };
+    let seconds = start.elapsed().as_secs_f64();
+    let after = leader_view(client).await;
+    if finished < ids.len() as u64 {
+        cancel_all(client, ids, 16).await;
+    }
+    commit_figures(before.as_ref(), after.as_ref(), seconds)
 }
 
 fn rate(count: u64, seconds: f64) -> f64 {

@@ -176,6 +176,10 @@ enum Command {
         /// The most submissions in flight at once.
         #[arg(long, default_value_t = 200)]
         concurrency_limit: usize,
+        /// After the load, this many runs submitted one at a time, for the leader's commit
+        /// latency at light load (0: none).
+        #[arg(long, default_value_t = 100)]
+        light_runs: u32,
         /// Print the report as one JSON object instead of a table.
         #[arg(long)]
         json: bool,
@@ -310,9 +314,10 @@ async fn run(mut args: Args) -> anyhow::Result<ExitCode> {
             sim,
             runs,
             concurrency_limit,
+            light_runs,
             json,
         }) => {
-            let plan = dispatch_plan(&conn, &sim, runs, concurrency_limit)?;
+            let plan = dispatch_plan(&conn, &sim, runs, concurrency_limit, light_runs)?;
             run_dispatch(&conn, &sim, &plan, json).await
         }
         Some(Command::Fairness {
@@ -577,6 +582,7 @@ fn dispatch_plan(
     sim: &SimArgs,
     runs: u32,
     concurrency_limit: usize,
+    light_runs: u32,
 ) -> anyhow::Result<DispatchPlan> {
     check_conn(conn)?;
     if runs == 0 || runs > MAX_RUNS {
@@ -587,10 +593,14 @@ fn dispatch_plan(
         bail!("dispatch counts runs through simulated agents: pass --sim-agents N");
     }
     sim::validate(sim.sim_agents, sim.sim_capacity, sim.sim_step_ms)?;
+    if light_runs > MAX_RUNS {
+        bail!("--light-runs must be at most {MAX_RUNS}");
+    }
     Ok(DispatchPlan {
         runs,
         concurrency: concurrency_limit,
         max_duration: Duration::from_secs(conn.max_seconds),
+        light_runs,
     })
 }
 

@@ -47,6 +47,63 @@ impl LatencySummary {
     }
 }
 
+/// A commit-latency histogram as a coordinator reports it: (upper bound in µs, count) per
+/// non-empty bucket, lowest first.
+pub type Buckets = Vec<(u64, u64)>;
+
+/// Percentiles of a bucketed histogram, in milliseconds: each is the upper bound of the bucket
+/// holding that rank (the coordinator's buckets are about 9 % wide).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct HistogramSummary {
+    pub count: u64,
+    pub p50_ms: Option<f64>,
+    pub p90_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    pub max_ms: Option<f64>,
+}
+
+impl HistogramSummary {
+    pub fn from_buckets(buckets: &[(u64, u64)]) -> Self {
+        let count: u64 = buckets.iter().map(|(_, n)| n).sum();
+        if count == 0 {
+            return Self::default();
+        }
+        let at = |percent: u64| {
+            let rank = (percent * count).div_ceil(100).max(1);
+            let mut seen = 0;
+            for (upper, n) in buckets {
+                seen += n;
+                if seen >= rank {
+                    return Some(round_ms(*upper as f64 / 1000.0));
+                }
+            }
+            None
+        };
+        Self {
+            count,
+            p50_ms: at(50),
+            p90_ms: at(90),
+            p99_ms: at(99),
+            max_ms: at(100),
+        }
+    }
+}
+
+/// What `after` counted that `before` had not (both cumulative, from one process).
+pub fn bucket_difference(before: &[(u64, u64)], after: &[(u64, u64)]) -> Buckets {
+    after
+        .iter()
+        .filter_map(|(upper, n)| {
+            let earlier = before
+                .iter()
+                .find(|(b, _)| b == upper)
+                .map_or(0, |(_, m)| *m);
+            let added = n.saturating_sub(earlier);
+            (added > 0).then_some((*upper, added))
+        })
+        .collect()
+}
+
 /// The `percent`-th percentile of non-empty `sorted` samples: the smallest sample with at least
 /// `percent` % of the samples at or below it.
 fn nearest_rank(sorted: &[Duration], percent: usize) -> Duration {

@@ -173,13 +173,18 @@ fn subcommands_parse_with_their_defaults() {
         sim,
         runs,
         concurrency_limit,
+        light_runs,
         ..
     }) = args.command
     else {
         panic!("not the dispatch benchmark");
     };
-    let plan = super::dispatch_plan(&conn, &sim, runs, concurrency_limit).expect("valid");
-    assert_eq!((plan.runs, plan.concurrency), (500, 200));
+    let plan =
+        super::dispatch_plan(&conn, &sim, runs, concurrency_limit, light_runs).expect("valid");
+    assert_eq!(
+        (plan.runs, plan.concurrency, plan.light_runs),
+        (500, 200, 100)
+    );
 
     assert!(matches!(
         parse(&["sim-agents", "--sim-agents", "2"])
@@ -199,12 +204,13 @@ fn dispatch_needs_simulated_agents_and_a_loopback_coordinator() {
             sim,
             runs,
             concurrency_limit,
+            light_runs,
             ..
         }) = parse(&all).expect("parses").command
         else {
             panic!("not the dispatch benchmark");
         };
-        super::dispatch_plan(&conn, &sim, runs, concurrency_limit)
+        super::dispatch_plan(&conn, &sim, runs, concurrency_limit, light_runs)
             .unwrap_err()
             .to_string()
     };

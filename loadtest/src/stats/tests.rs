@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::LatencySummary;
+use super::{bucket_difference, HistogramSummary, LatencySummary};
 
 fn ms(values: impl IntoIterator<Item = u64>) -> Vec<Duration> {
     values.into_iter().map(Duration::from_millis).collect()
@@ -100,4 +100,30 @@ fn zero_durations_are_counted() {
     assert_eq!(summary.count, 2);
     assert_eq!(summary.p50_ms, Some(0.0));
     assert_eq!(summary.max_ms, Some(0.0));
+}
+
+#[test]
+fn histogram_percentiles_are_the_upper_bound_of_the_ranked_bucket() {
+    // 50 samples ≤ 1000 µs, 45 ≤ 2000 µs, 5 ≤ 9000 µs.
+    let buckets = vec![(1000, 50), (2000, 45), (9000, 5)];
+    let summary = HistogramSummary::from_buckets(&buckets);
+    assert_eq!(summary.count, 100);
+    assert_ms(summary.p50_ms, 1.0);
+    assert_ms(summary.p90_ms, 2.0);
+    assert_ms(summary.p99_ms, 9.0);
+    assert_ms(summary.max_ms, 9.0);
+    assert_eq!(
+        HistogramSummary::from_buckets(&[]),
+        HistogramSummary::default()
+    );
+}
+
+#[test]
+fn bucket_difference_keeps_what_was_added() {
+    let before = vec![(1000, 10), (2000, 3)];
+    let after = vec![(500, 2), (1000, 10), (2000, 7), (4000, 1)];
+    assert_eq!(
+        bucket_difference(&before, &after),
+        vec![(500, 2), (2000, 4), (4000, 1)]
+    );
 }
