@@ -24,7 +24,9 @@ struct RunLog {
     /// Whether the buffer holds the run's output from its start (false after a coordinator
     /// restart or when chunks were dropped).
     complete: bool,
-    live: broadcast::Sender<LogChunk>,
+    /// Made when the first follower joins: most runs are never followed, and a channel of
+    /// `FOLLOWER_BACKLOG` slots per run was a measurable part of the leader's work.
+    live: Option<broadcast::Sender<LogChunk>>,
 }
 
 /// What a follower gets when it joins: the buffered output, and the live stream after it.
@@ -61,8 +63,10 @@ impl LogHub {
             log.bytes -= old.data.len();
             log.complete = false;
         }
-        // No follower is not an error.
-        let _ = log.live.send(chunk);
+        if let Some(live) = &log.live {
+            // No follower left is not an error.
+            let _ = live.send(chunk);
+        }
     }
 
     /// Joins a run's log; for a run that has no buffer yet, one is started (not complete).
@@ -71,10 +75,14 @@ impl LogHub {
         let log = runs
             .entry(run_id.to_string())
             .or_insert_with(|| RunLog::new(false));
+        let live = log
+            .live
+            .get_or_insert_with(|| broadcast::channel(FOLLOWER_BACKLOG).0)
+            .subscribe();
         Subscription {
             buffered: log.chunks.iter().cloned().collect(),
             complete: log.complete,
-            live: log.live.subscribe(),
+            live,
         }
     }
 
@@ -94,7 +102,7 @@ impl RunLog {
             chunks: VecDeque::new(),
             bytes: 0,
             complete,
-            live: broadcast::channel(FOLLOWER_BACKLOG).0,
+            live: None,
         }
     }
 }

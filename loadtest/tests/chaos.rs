@@ -5,25 +5,9 @@
 //! reads its report. The long version is `kiln-loadtest chaos --kills 200 --partitions 20`
 //! (loadtest/README.md).
 
-use std::path::PathBuf;
-use std::process::Command;
+mod common;
 
-fn coordinator_binary() -> PathBuf {
-    let dir = match std::env::var_os("KILN_BIN_DIR") {
-        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
-        _ => PathBuf::from(env!("CARGO_BIN_EXE_kiln-loadtest"))
-            .parent()
-            .expect("the binary has a directory")
-            .to_path_buf(),
-    };
-    let binary = dir.join("kiln-coordinator");
-    assert!(
-        binary.is_file(),
-        "{} is missing: build it with `cargo build -p kiln-coordinator --bin kiln-coordinator` or set KILN_BIN_DIR",
-        binary.display()
-    );
-    binary
-}
+use std::process::Command;
 
 #[test]
 fn ten_leader_kills_and_three_partitions_lose_no_run_and_run_none_twice() {
@@ -39,7 +23,7 @@ fn ten_leader_kills_and_three_partitions_lose_no_run_and_run_none_twice() {
             "78",
         ])
         .arg("--coordinator-binary")
-        .arg(coordinator_binary())
+        .arg(common::coordinator_binary())
         .output()
         .expect("kiln-loadtest runs");
     let stdout = String::from_utf8_lossy(&output.stdout);

@@ -5,6 +5,8 @@
 //! `kiln-loadtest` was built into (build it with `cargo build -p kiln-coordinator --bin
 //! kiln-coordinator`). A missing binary fails the test with that command; nothing is skipped.
 
+mod common;
+
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -17,23 +19,6 @@ use kiln_state::pb::{RunStatus, StepStatus};
 const RUNS: usize = 20;
 /// How long the coordinator may take to answer, and the load generator to finish.
 const DEADLINE: Duration = Duration::from_secs(120);
-
-fn coordinator_binary() -> PathBuf {
-    let dir = match std::env::var_os("KILN_BIN_DIR") {
-        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
-        _ => PathBuf::from(env!("CARGO_BIN_EXE_kiln-loadtest"))
-            .parent()
-            .expect("the binary has a directory")
-            .to_path_buf(),
-    };
-    let binary = dir.join("kiln-coordinator");
-    assert!(
-        binary.is_file(),
-        "{} is missing: build it with `cargo build -p kiln-coordinator --bin kiln-coordinator` or set KILN_BIN_DIR",
-        binary.display()
-    );
-    binary
-}
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -54,7 +39,7 @@ impl Coordinator {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let log = dir.path().join("coordinator.log");
         let log_file = std::fs::File::create(&log).expect("a log file");
-        let child = Command::new(coordinator_binary())
+        let child = Command::new(common::coordinator_binary())
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--peer-listen", &format!("127.0.0.1:{}", free_port())])
             .args(["--http-listen", "off", "--initial-cluster-state", "new"])
