@@ -439,6 +439,11 @@ impl State {
     }
 
     fn acknowledge_run(&mut self, command: &AcknowledgeRun) -> ApplyOutcome {
+        if let Some(run) = self.ended_under(&command.run_id, command.lease.as_ref()) {
+            if run.acknowledged {
+                return ApplyOutcome::unchanged(run.seq);
+            }
+        }
         let (seq, run) = match self.leased_run_mut(&command.run_id, command.lease.as_ref()) {
             Ok(found) => found,
             Err(outcome) => return outcome,
@@ -501,6 +506,14 @@ impl State {
                 "log segment digest '{}' is not of the form sha256:<64 hex digits>",
                 segment.digest
             ));
+        }
+        if let Some(run) = self.ended_under(&command.run_id, command.lease.as_ref()) {
+            let recorded = run.steps.iter().any(|s| {
+                s.id == command.step_id && s.log_segments.get(segment.index as usize) == Some(segment)
+            });
+            if recorded {
+                return ApplyOutcome::unchanged(run.seq);
+            }
         }
         let (seq, run) = match self.leased_run_mut(&command.run_id, command.lease.as_ref()) {
             Ok(found) => found,
@@ -587,6 +600,15 @@ impl State {
         if status == StepStatus::Unspecified {
             return ApplyOutcome::rejected(format!("invalid step status {}", command.status));
         }
+        if let Some(run) = self.ended_under(&command.run_id, command.lease.as_ref()) {
+            if run
+                .steps
+                .iter()
+                .any(|s| s.id == command.step_id && s.status() == status)
+            {
+                return ApplyOutcome::unchanged(run.seq);
+            }
+        }
         let (seq, run) = match self.leased_run_mut(&command.run_id, command.lease.as_ref()) {
             Ok(found) => found,
             Err(outcome) => return outcome,
@@ -637,6 +659,11 @@ impl State {
         };
         if image.image.is_empty() || !image.digest.starts_with("sha256:") {
             return ApplyOutcome::rejected("an image record needs a name and a sha256 digest");
+        }
+        if let Some(run) = self.ended_under(&command.run_id, command.lease.as_ref()) {
+            if run.images.iter().any(|i| i == image) {
+                return ApplyOutcome::unchanged(run.seq);
+            }
         }
         let (seq, run) = match self.leased_run_mut(&command.run_id, command.lease.as_ref()) {
             Ok(found) => found,
@@ -722,6 +749,19 @@ impl State {
 
     /// The run a lease-fenced command is about: it must be Running, assigned to the lease's
     /// agent under the lease's epoch. Anything else is a stale (or forged) report.
+    /// The run `run_id` if it ended while leased to `lease`. An agent resends every report
+    /// not acknowledged, in order, after a reconnect, and the run's finish may have been
+    /// committed before the acknowledgements of the reports ahead of it were lost: such a
+    /// report, when it changes nothing, is answered as applied instead of stale.
+    fn ended_under(&self, run_id: &str, lease: Option<&Lease>) -> Option<&Run> {
+        let lease = lease?;
+        let run = self.run(run_id)?;
+        (is_terminal(run.status())
+            && run.agent_id == lease.agent_id
+            && run.lease_epoch == lease.epoch)
+            .then_some(run)
+    }
+
     fn leased_run_mut(
         &mut self,
         run_id: &str,

@@ -629,6 +629,28 @@ fn every_report_is_applied_once_when_it_is_sent_again() {
     assert_eq!(run.status(), RunStatus::Succeeded);
     assert_eq!(run.images.len(), 1);
     assert_eq!(run.steps[0].log_segments.len(), 1);
+
+    // The run has ended; the agent reconnects and sends every report again, in order (their
+    // acknowledgements were lost): each is answered as applied, none changes anything.
+    let snapshot = state.clone();
+    for (what, kind) in every_report(&id, lease("agent-1")).into_iter().skip(1) {
+        let again = state.apply(NO_INDEX, &cmd(7, kind));
+        assert_eq!(again.result.error, "", "{what} after the run ended");
+        assert!(!again.result.stale_lease, "{what} after the run ended");
+        assert_eq!(again.changed_run, None, "{what}");
+    }
+    assert_eq!(state, snapshot);
+    // What the ended run does not hold is still refused as stale.
+    let other_step = command::Kind::UpdateStep(UpdateStep {
+        run_id: id.clone(),
+        step_id: "build".into(),
+        status: StepStatus::Failed as i32,
+        lease: lease("agent-1"),
+        ..UpdateStep::default()
+    });
+    let refused = state.apply(NO_INDEX, &cmd(8, other_step));
+    assert!(refused.result.stale_lease, "{}", refused.result.error);
+    assert_eq!(state, snapshot);
 }
 
 #[test]
