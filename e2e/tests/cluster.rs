@@ -1,8 +1,11 @@
 //! A cluster of three coordinators on the real engine and registry: a run survives its leader
 //! being killed, then the next one being frozen, and so do the live logs of `kiln run` and
-//! `kiln logs -f`: every line printed once, in order, none lost.
+//! `kiln logs -f`: every line printed once, in order, none lost. Then every member is killed at
+//! once, and runs, steps, pushed digests and logs are all back.
 
-use kiln_e2e::{run_id_in, text, wait_for_exit, Farm};
+use kiln_e2e::{
+    copy_dir, examples_dir, pushed, run_id, run_id_in, text, unique, wait_for_exit, Farm,
+};
 
 const LINES: u32 = 200;
 
@@ -96,4 +99,30 @@ fn a_run_and_its_live_logs_survive_a_killed_and_a_frozen_leader() {
             farm.output_of(name)
         );
     }
+
+    // A build that pushes, then every member killed at once: the runs, their steps, the
+    // pushed digest and the logs are all back after the restart.
+    let tag = format!("{}/{}:1", farm.registry, unique("e2e/cluster"));
+    let ctx = copy_dir(&examples_dir().join("hello"));
+    let build = farm.kiln(&["build", "-t", &tag, ctx.path().to_str().unwrap()]);
+    assert!(build.status.success(), "{}\n{}", text(&build), farm.logs());
+    let digests = pushed(&build);
+    assert_eq!(digests.len(), 1, "{}", text(&build));
+    let build_id = run_id(&build);
+    let before = text(&farm.kiln(&["runs", "show", &build_id]));
+    let build_log = text(&farm.kiln(&["logs", &build_id]));
+    for member in 1..=3 {
+        farm.kill_coordinator(member);
+    }
+    farm.start_coordinator();
+    farm.leader();
+    assert_eq!(text(&farm.kiln(&["runs", "show", &build_id])), before);
+    assert!(before.contains(&digests[0].1), "{before}");
+    assert_eq!(text(&farm.kiln(&["logs", &build_id])), build_log);
+    assert_every_line_once(
+        "kiln logs after every member was killed",
+        &text(&farm.kiln(&["logs", &id])),
+        &farm,
+    );
+    assert_eq!(farm.run_field(&id, "Status:"), "Succeeded");
 }

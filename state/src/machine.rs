@@ -509,7 +509,8 @@ impl State {
         }
         if let Some(run) = self.ended_under(&command.run_id, command.lease.as_ref()) {
             let recorded = run.steps.iter().any(|s| {
-                s.id == command.step_id && s.log_segments.get(segment.index as usize) == Some(segment)
+                s.id == command.step_id
+                    && s.log_segments.get(segment.index as usize) == Some(segment)
             });
             if recorded {
                 return ApplyOutcome::unchanged(run.seq);
