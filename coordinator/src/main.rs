@@ -96,6 +96,16 @@ struct Args {
     /// Entries kept after a compaction for followers that fell a little behind.
     #[arg(long, default_value_t = raft_node::RaftConfig::default().catch_up_entries)]
     catch_up_entries: u64,
+    /// Milliseconds of silence from the leader after which a follower campaigns (randomised up
+    /// to twice this). The default fits a 1.5 s failover; on machines so loaded that a leader's
+    /// heartbeats (every 100 ms) can stall for this long, raise it on every member, trading
+    /// failover time for fewer needless elections. From 300 to 60000.
+    #[arg(
+        long,
+        env = "KILN_ELECTION_TIMEOUT_MS",
+        default_value_t = raft_node::RaftConfig::default().election_timeout().as_millis() as u64
+    )]
+    election_timeout_ms: u64,
     /// Seconds a run whose agent was lost or disconnected mid-step keeps its lease, waiting for
     /// the agent to come back, before the lost-agent policy applies (Error, or requeue when the
     /// run asked for it). Runs whose agent is lost before any step started are requeued at once.
@@ -116,6 +126,24 @@ struct Args {
     /// coordinator ends it Timeout and tells the agent to stop it.
     #[arg(long, default_value_t = control::DEFAULT_TIMEOUT_SLACK.as_secs())]
     timeout_slack_seconds: u64,
+}
+
+/// The Raft settings the flags ask for, or what is wrong with them.
+fn raft_config(args: &Args) -> Result<raft_node::RaftConfig, String> {
+    let defaults = raft_node::RaftConfig::default();
+    if !(300..=60_000).contains(&args.election_timeout_ms) {
+        return Err(format!(
+            "--election-timeout-ms must be from 300 to 60000, not {}",
+            args.election_timeout_ms
+        ));
+    }
+    let tick_ms = defaults.tick.as_millis() as u64;
+    Ok(raft_node::RaftConfig {
+        election_ticks: args.election_timeout_ms.div_ceil(tick_ms) as usize,
+        compact_after: args.compact_after_entries,
+        catch_up_entries: args.catch_up_entries,
+        ..defaults
+    })
 }
 
 #[tokio::main]
@@ -148,6 +176,13 @@ async fn main() -> std::process::ExitCode {
         );
         return std::process::ExitCode::from(2);
     }
+    let raft = match raft_config(&args) {
+        Ok(raft) => raft,
+        Err(message) => {
+            eprintln!("kiln-coordinator: {message}");
+            return std::process::ExitCode::from(2);
+        }
+    };
     let membership = match membership(&args) {
         Ok(membership) => membership,
         Err(message) => {
@@ -186,11 +221,7 @@ async fn main() -> std::process::ExitCode {
         data_dir: args.data_dir,
         registry: args.registry,
         membership,
-        raft: raft_node::RaftConfig {
-            compact_after: args.compact_after_entries,
-            catch_up_entries: args.catch_up_entries,
-            ..raft_node::RaftConfig::default()
-        },
+        raft,
         retention: control::Retention {
             keep_finished: args.retain_finished_runs,
             max_age: Duration::from_secs(args.retain_days.saturating_mul(86_400)),
@@ -265,5 +296,32 @@ async fn wait_for_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = terminate.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> Args {
+        let mut argv = vec!["kiln-coordinator", "--data-dir", "/nonexistent"];
+        argv.extend_from_slice(extra);
+        Args::try_parse_from(argv).expect("valid flags")
+    }
+
+    #[test]
+    fn the_election_timeout_becomes_ticks_and_is_bounded() {
+        let default = raft_config(&args(&[])).unwrap();
+        assert_eq!(
+            default.election_ticks,
+            raft_node::RaftConfig::default().election_ticks
+        );
+        let slow = raft_config(&args(&["--election-timeout-ms", "2025"])).unwrap();
+        assert_eq!(slow.election_timeout(), Duration::from_millis(2050));
+        assert!(slow.election_ticks > slow.heartbeat_ticks);
+        for bad in ["299", "60001", "0"] {
+            let error = raft_config(&args(&["--election-timeout-ms", bad])).unwrap_err();
+            assert!(error.contains("--election-timeout-ms"), "{error}");
+        }
     }
 }

@@ -78,6 +78,14 @@ impl Default for RaftConfig {
     }
 }
 
+impl RaftConfig {
+    /// The silence after which a follower campaigns (at the least; raft-rs randomises it up
+    /// to twice this).
+    pub fn election_timeout(&self) -> Duration {
+        self.tick * self.election_ticks as u32
+    }
+}
+
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ProposeError {
     #[error("{0}")]
