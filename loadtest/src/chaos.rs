@@ -397,7 +397,8 @@ pub async fn run(plan: &ChaosPlan) -> anyhow::Result<ChaosReport> {
             elections.push(took);
         }
         eprintln!(
-            "chaos: kill {kills}: member {id}, dispatch resumed after {:?}",
+            "chaos: kill {kills}: member {id}, new leader seen after {:?}, dispatch resumed after {:?}",
+            elected.unwrap_or_default(),
             resumed.unwrap_or_default()
         );
         cluster.spawn(leader)?;
