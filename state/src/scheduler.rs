@@ -8,7 +8,7 @@
 //! oldest of every key, and so on, so one flood of runs does not starve everyone else. A run
 //! that cannot be placed does not block later runs for other platforms or pools.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use crate::machine::State;
 use crate::pb::{KeyValue, Run};
@@ -76,11 +76,14 @@ pub struct Assignment {
 
 /// Chooses an agent for as many queued runs as capacity allows.
 ///
-/// Agents are compared by (emulated, load, rank of the agent id): the ranks are the agents'
-/// positions in id order, computed once per call, so placing a run compares small integers per
-/// candidate agent instead of id strings (a `memcmp` per agent per run was most of the leader's
-/// scheduling time with 1000 agents). The order is the ids' order, and equal ids rank by
-/// position (a stable sort), as the first of them found used to win: the choices are the same.
+/// Agents are compared by (emulated, load, rank of the agent id), all small integers: the
+/// ranks are the agents' positions in id order, computed once per call, and which agents can
+/// take a run at all (pool, labels, platform: string comparisons) is worked out once per
+/// distinct (platform, pool, labels) among the queued runs, not once per run and agent. With
+/// 1000 agents the per-run, per-agent string comparisons (`memcmp`) were most of the leader's
+/// scheduling time. The order is the ids' order, equal ids by position (a stable sort), as
+/// the first of them found used to win, and the capable agents are visited in the same
+/// order: the choices are the same.
 pub fn solve(state: &State, agents: &[AgentView]) -> Vec<Assignment> {
     let mut load: Vec<u32> = agents.iter().map(|a| a.running).collect();
     let mut free: u64 = agents
@@ -92,6 +95,10 @@ pub fn solve(state: &State, agents: &[AgentView]) -> Vec<Assignment> {
         return assignments;
     }
     let rank = id_ranks(agents);
+    // For each distinct requirement: the agents that meet it, in order, and whether each would
+    // emulate.
+    let mut capable: HashMap<(PlatformSpec, &str, &[KeyValue]), Vec<(usize, bool)>> =
+        HashMap::new();
     for run in fair_order(state) {
         if free == 0 {
             break;
@@ -99,15 +106,29 @@ pub fn solve(state: &State, agents: &[AgentView]) -> Vec<Assignment> {
         let Ok(wanted) = wanted_platform(run) else {
             continue;
         };
+        let Some(request) = &run.request else {
+            continue; // `serves` takes no run without a request
+        };
+        let requirement = (
+            wanted,
+            request.agent_pool.as_str(),
+            request.agent_labels.as_slice(),
+        );
+        if !capable.contains_key(&requirement) {
+            let able = agents
+                .iter()
+                .enumerate()
+                .filter(|(_, agent)| serves(agent, run))
+                .filter_map(|(index, agent)| Some((index, runs_as(agent, &requirement.0)?)))
+                .collect();
+            capable.insert(requirement.clone(), able);
+        }
         // (emulated, load, id rank) of the best agent so far, and its index.
         let mut best: Option<((bool, u32, usize), usize)> = None;
-        for (index, agent) in agents.iter().enumerate() {
-            if load[index] >= agent.capacity || !serves(agent, run) {
+        for &(index, emulated) in &capable[&requirement] {
+            if load[index] >= agents[index].capacity {
                 continue;
             }
-            let Some(emulated) = runs_as(agent, &wanted) else {
-                continue;
-            };
             let key = (emulated, load[index], rank[index]);
             if best.is_none_or(|(b, _)| key < b) {
                 best = Some((key, index));
@@ -119,7 +140,7 @@ pub fn solve(state: &State, agents: &[AgentView]) -> Vec<Assignment> {
             assignments.push(Assignment {
                 run_id: run.id.clone(),
                 agent_id: agents[index].agent_id.clone(),
-                platform: wanted,
+                platform: requirement.0,
                 emulated,
             });
         }
@@ -313,6 +334,11 @@ mod tests {
                 kind: "run".to_string(),
                 submitter: rng.pick(&["flood", "lone", "ci"]).to_string(),
                 agent_pool: rng.pick(&["", "", "", "gpu"]).to_string(),
+                agent_labels: if rng.next() % 3 == 0 {
+                    random_labels(rng)
+                } else {
+                    Vec::new()
+                },
                 ..RunRequest::default()
             };
             let outcome = state.apply(
@@ -347,6 +373,15 @@ mod tests {
         state
     }
 
+    fn random_labels(rng: &mut Lcg) -> Vec<KeyValue> {
+        (0..rng.next() % 3)
+            .map(|_| KeyValue {
+                key: rng.pick(&["disk", "gpu"]).to_string(),
+                value: rng.pick(&["ssd", "hdd", "yes"]).to_string(),
+            })
+            .collect()
+    }
+
     fn random_agents(rng: &mut Lcg) -> Vec<AgentView> {
         // Few distinct ids, so that equal ids (and ids that are prefixes of others) occur.
         let ids = ["a1", "a10", "a2", "b", "", "a1"];
@@ -367,7 +402,7 @@ mod tests {
                     capacity,
                     running: (rng.next() % 3) as u32,
                     pool: rng.pick(&["", "", "gpu"]).to_string(),
-                    labels: Vec::new(),
+                    labels: random_labels(rng),
                 }
             })
             .collect()
