@@ -74,6 +74,9 @@ pub struct Assignment {
     pub emulated: bool,
 }
 
+/// What a run asks of an agent: its platform, pool and labels.
+type Requirement<'a> = (PlatformSpec, &'a str, &'a [KeyValue]);
+
 /// Chooses an agent for as many queued runs as capacity allows.
 ///
 /// Agents are compared by (emulated, load, rank of the agent id), all small integers: the
@@ -97,8 +100,7 @@ pub fn solve(state: &State, agents: &[AgentView]) -> Vec<Assignment> {
     let rank = id_ranks(agents);
     // For each distinct requirement: the agents that meet it, in order, and whether each would
     // emulate.
-    let mut capable: HashMap<(PlatformSpec, &str, &[KeyValue]), Vec<(usize, bool)>> =
-        HashMap::new();
+    let mut capable: HashMap<Requirement<'_>, Vec<(usize, bool)>> = HashMap::new();
     for run in fair_order(state) {
         if free == 0 {
             break;
@@ -334,7 +336,7 @@ mod tests {
                 kind: "run".to_string(),
                 submitter: rng.pick(&["flood", "lone", "ci"]).to_string(),
                 agent_pool: rng.pick(&["", "", "", "gpu"]).to_string(),
-                agent_labels: if rng.next() % 3 == 0 {
+                agent_labels: if rng.next().is_multiple_of(3) {
                     random_labels(rng)
                 } else {
                     Vec::new()
@@ -353,7 +355,7 @@ mod tests {
             );
             assert_eq!(outcome.result.error, "");
             // Some runs already running, so that fairness keys differ in how served they are.
-            if rng.next() % 4 == 0 {
+            if rng.next().is_multiple_of(4) {
                 let agent_id = rng.pick(&["a1", "b", "a10"]).to_string();
                 let assigned = state.apply(
                     7,
@@ -391,7 +393,7 @@ mod tests {
                     .map(|_| {
                         (
                             PlatformSpec::parse(rng.pick(PLATFORMS)).unwrap(),
-                            rng.next() % 3 == 0,
+                            rng.next().is_multiple_of(3),
                         )
                     })
                     .collect();
