@@ -27,10 +27,18 @@
 //! `return(applied)` (or `entries`, `hard-state`) at a per-Ready point fires only at a batch
 //! that holds that.
 //! `tests/crash_points.rs` arms each one in a real cluster of coordinator processes.
+//!
+//! The most recently appended entries are also kept in memory ([`EntryCache`]), from which
+//! [`RaftStorage`] answers raft-rs's reads of the log tail (the term of the last entry, appends
+//! to followers, committed entries to apply) instead of reading and decoding them from RocksDB.
+//! The cache changes only after the batch that changes the log on disk has been written, in
+//! the same way (appends, a replaced suffix, compaction, snapshots, initialisation), and starts
+//! empty when the database is opened, so it holds exactly what the disk holds for its indexes.
 
+use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use prost::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
@@ -180,6 +188,141 @@ impl Persist<'_> {
     }
 }
 
+/// Bounds of the in-memory cache of recent log entries: whichever is reached first.
+///
+/// 16,384 entries is about 0.8 s of log at the 20,000 entries/s goal, several times the
+/// commit latency under load (p99 80–330 ms measured): the entries raft-rs reads back (the
+/// last one's term, the appends to followers in flight, the committed entries to apply) are
+/// that recent, and a follower further behind is catching up, which may read RocksDB. It is
+/// also more than the 5,000–15,000 entries the log keeps between compactions
+/// (`RaftConfig::compact_after`, `catch_up_entries`), so the whole kept log is usually cached.
+/// 16 MiB bounds the memory when entries are large (16 of raft-rs's 1 MiB messages, 4 of its
+/// 4 MiB committed-entry batches); with the ~200–400-byte entries of ordinary commands the
+/// entry count binds first, at about 5–8 MiB.
+#[derive(Clone, Copy, Debug)]
+pub struct CacheLimits {
+    pub max_entries: usize,
+    pub max_bytes: usize,
+}
+
+impl Default for CacheLimits {
+    fn default() -> Self {
+        Self {
+            max_entries: 16 * 1024,
+            max_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
+/// One cached entry and its encoded size (what `compute_size` gives for it, which is what
+/// raft-rs's `max_size` counts).
+struct CachedEntry {
+    entry: Entry,
+    size: u64,
+}
+
+/// The last entries of the log, contiguous, ending at the last index when not empty
+/// (`Store::last_index`): entries are only appended at the end (replacing any suffix from the
+/// first appended index on), and removed from the front (bounds, compaction) or all at once
+/// (snapshot, initialisation).
+struct EntryCache {
+    entries: VecDeque<CachedEntry>,
+    /// Sum of the cached entries' sizes plus a fixed overhead per entry.
+    bytes: usize,
+    limits: CacheLimits,
+}
+
+/// Memory per cached entry besides its encoded bytes (the `Entry` struct and its buffers' headers).
+const CACHED_ENTRY_OVERHEAD: usize = std::mem::size_of::<CachedEntry>();
+
+impl EntryCache {
+    fn new(limits: CacheLimits) -> Self {
+        Self {
+            entries: VecDeque::new(),
+            bytes: 0,
+            limits,
+        }
+    }
+
+    /// The cached index range, inclusive.
+    fn range(&self) -> Option<(u64, u64)> {
+        Some((
+            self.entries.front()?.entry.get_index(),
+            self.entries.back()?.entry.get_index(),
+        ))
+    }
+
+    fn get(&self, index: u64) -> Option<&CachedEntry> {
+        let first = self.entries.front()?.entry.get_index();
+        let offset = usize::try_from(index.checked_sub(first)?).ok()?;
+        self.entries.get(offset)
+    }
+
+    /// Appends `entries` (contiguous, as written to disk), first removing every cached entry
+    /// from the first one's index on, as the disk write replaced them.
+    fn append(&mut self, entries: &[Entry], sizes: &[u64]) {
+        let Some(first) = entries.first().map(Entry::get_index) else {
+            return;
+        };
+        // More new entries than the cache holds: only the last of them can stay.
+        let skip = entries.len().saturating_sub(self.limits.max_entries);
+        if let Some((cached_first, cached_last)) = self.range() {
+            if skip > 0 || first <= cached_first || first > cached_last + 1 {
+                // Replaced or evicted all of it, or a gap would follow it.
+                self.clear();
+            } else {
+                let keep = (first - cached_first) as usize;
+                for removed in self.entries.drain(keep..) {
+                    self.bytes -= removed.size as usize + CACHED_ENTRY_OVERHEAD;
+                }
+            }
+        }
+        for (entry, size) in entries.iter().zip(sizes).skip(skip) {
+            self.bytes += *size as usize + CACHED_ENTRY_OVERHEAD;
+            self.entries.push_back(CachedEntry {
+                entry: entry.clone(),
+                size: *size,
+            });
+        }
+        // The last entry stays even if it alone is over the byte bound: its term is the one
+        // raft-rs asks for most.
+        while self.entries.len() > 1
+            && (self.entries.len() > self.limits.max_entries || self.bytes > self.limits.max_bytes)
+        {
+            self.pop_front();
+        }
+    }
+
+    /// Removes the entries up to and including `index` (compacted away on disk).
+    fn compact(&mut self, index: u64) {
+        while self
+            .entries
+            .front()
+            .is_some_and(|e| e.entry.get_index() <= index)
+        {
+            self.pop_front();
+        }
+    }
+
+    fn pop_front(&mut self) {
+        if let Some(removed) = self.entries.pop_front() {
+            self.bytes -= removed.size as usize + CACHED_ENTRY_OVERHEAD;
+        }
+    }
+
+    fn clear(&mut self) {
+        self.entries.clear();
+        self.bytes = 0;
+    }
+}
+
+/// How often raft-rs's reads were answered from the cache and from RocksDB.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    pub hits: u64,
+    pub misses: u64,
+}
+
 /// A handle on the database; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
@@ -188,11 +331,20 @@ pub struct Store {
     last_index: Arc<AtomicU64>,
     /// Index and term of the last entry removed by compaction or covered by a snapshot.
     truncated: Arc<RwLock<(u64, u64)>>,
+    /// The last entries written, as on disk (see [`EntryCache`]).
+    cache: Arc<Mutex<EntryCache>>,
+    cache_hits: Arc<AtomicU64>,
+    cache_misses: Arc<AtomicU64>,
 }
 
 impl Store {
-    /// Opens (or creates) the database in `dir`.
+    /// Opens (or creates) the database in `dir`, with the default cache bounds.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with_cache(dir, CacheLimits::default())
+    }
+
+    /// Opens (or creates) the database in `dir`; the entry cache starts empty.
+    pub fn open_with_cache(dir: &Path, limits: CacheLimits) -> Result<Self, StoreError> {
         let mut options = rocksdb::Options::default();
         options.create_if_missing(true);
         let db = DB::open(&options, dir).map_err(|cause| StoreError::Open {
@@ -208,6 +360,9 @@ impl Store {
             db: Arc::new(db),
             last_index: Arc::new(AtomicU64::new(0)),
             truncated: Arc::new(RwLock::new((0, 0))),
+            cache: Arc::new(Mutex::new(EntryCache::new(limits))),
+            cache_hits: Arc::new(AtomicU64::new(0)),
+            cache_misses: Arc::new(AtomicU64::new(0)),
         };
         let truncated = store.read_truncated()?;
         *store.truncated.write().unwrap_or_else(|p| p.into_inner()) = truncated;
@@ -276,6 +431,7 @@ impl Store {
         batch.put(APPLIED_KEY, index.to_be_bytes());
         put_snapshot_state(&mut batch, snapshot);
         self.write_synced(batch)?;
+        self.lock_cache().clear();
         *self.truncated.write().unwrap_or_else(|p| p.into_inner()) = (index, term);
         self.last_index.store(index, Ordering::SeqCst);
         Ok(())
@@ -307,6 +463,7 @@ impl Store {
         let mut batch = WriteBatch::default();
         let old_last = self.last_index.load(Ordering::SeqCst);
         let mut new_last = old_last;
+        let mut sizes = Vec::with_capacity(persist.entries.len());
         if let Some(last) = persist.entries.last() {
             new_last = last.get_index();
             // Entries after the new ones belong to an abandoned term: remove them.
@@ -314,7 +471,9 @@ impl Store {
                 batch.delete(entry_key(index));
             }
             for entry in persist.entries {
-                batch.put(entry_key(entry.get_index()), encode_raft(entry));
+                let encoded = encode_raft(entry);
+                sizes.push(encoded.len() as u64);
+                batch.put(entry_key(entry.get_index()), encoded);
             }
         }
         match (persist.hard_state, persist.commit) {
@@ -356,6 +515,9 @@ impl Store {
             &tags,
             "entries {entries}, hard state {hard_state}, applied state {applied_to:?}"
         );
+        let mut cache = self.lock_cache();
+        cache.append(persist.entries, &sizes);
+        debug_assert!(cache.range().is_none_or(|(_, last)| last == new_last));
         self.last_index.store(new_last, Ordering::SeqCst);
         Ok(())
     }
@@ -391,6 +553,7 @@ impl Store {
         crash_point!("store-snapshot-before-write");
         self.write_synced(batch)?;
         crash_point!("store-snapshot-after-write");
+        self.lock_cache().clear();
         *self.truncated.write().unwrap_or_else(|p| p.into_inner()) = (index, term);
         self.last_index.store(index, Ordering::SeqCst);
         Ok(())
@@ -403,8 +566,8 @@ impl Store {
         if index <= truncated || index > last {
             return Ok(());
         }
-        let term = match self.entry(index)? {
-            Some(entry) => entry.get_term(),
+        let term = match self.term_of(index)? {
+            Some(term) => term,
             None => return Ok(()),
         };
         let mut batch = WriteBatch::default();
@@ -413,6 +576,7 @@ impl Store {
         crash_point!("store-compact-before-write");
         self.write_synced(batch)?;
         crash_point!("store-compact-after-write");
+        self.lock_cache().compact(index);
         *self.truncated.write().unwrap_or_else(|p| p.into_inner()) = (index, term);
         Ok(())
     }
@@ -483,6 +647,79 @@ impl Store {
         let mut batch = WriteBatch::default();
         batch.put(CONF_STATE_KEY, encode_raft(conf_state));
         self.write_synced(batch)
+    }
+
+    /// How many entry reads the cache answered, and how many RocksDB did.
+    pub fn cache_stats(&self) -> CacheStats {
+        CacheStats {
+            hits: self.cache_hits.load(Ordering::Relaxed),
+            misses: self.cache_misses.load(Ordering::Relaxed),
+        }
+    }
+
+    fn lock_cache(&self) -> std::sync::MutexGuard<'_, EntryCache> {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The term of the entry at `index` in the log (not the truncation point), from the cache
+    /// or else from disk.
+    fn term_of(&self, index: u64) -> Result<Option<u64>, StoreError> {
+        if let Some(cached) = self.lock_cache().get(index) {
+            self.cache_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(Some(cached.entry.get_term()));
+        }
+        self.cache_misses.fetch_add(1, Ordering::Relaxed);
+        Ok(self.entry(index)?.map(|entry| entry.get_term()))
+    }
+
+    /// Entries `low..high` of the log as raft-rs wants them: stops before the entry that would
+    /// take the total encoded size over `max_size`, but returns at least one
+    /// (`raft::util::limit_size`'s rule). `None` when one of them is missing.
+    fn entries_limited(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: Option<u64>,
+    ) -> Result<Option<Vec<Entry>>, StoreError> {
+        let mut entries = Vec::with_capacity((high - low).min(1024) as usize);
+        let mut size = 0u64;
+        let cache = self.lock_cache();
+        let (mut hits, mut misses) = (0, 0);
+        let mut result = Ok(Some(()));
+        for index in low..high {
+            let (entry, entry_size) = match cache.get(index) {
+                Some(cached) => {
+                    hits += 1;
+                    (cached.entry.clone(), cached.size)
+                }
+                None => {
+                    misses += 1;
+                    match self.entry(index) {
+                        Ok(Some(entry)) => {
+                            let entry_size = u64::from(protobuf::Message::compute_size(&entry));
+                            (entry, entry_size)
+                        }
+                        Ok(None) => {
+                            result = Ok(None);
+                            break;
+                        }
+                        Err(error) => {
+                            result = Err(error);
+                            break;
+                        }
+                    }
+                }
+            };
+            size = size.saturating_add(entry_size);
+            if !entries.is_empty() && max_size.is_some_and(|max| size > max) {
+                break;
+            }
+            entries.push(entry);
+        }
+        drop(cache);
+        self.cache_hits.fetch_add(hits, Ordering::Relaxed);
+        self.cache_misses.fetch_add(misses, Ordering::Relaxed);
+        result.map(|found| found.map(|()| entries))
     }
 
     fn entry(&self, index: u64) -> Result<Option<Entry>, StoreError> {
@@ -565,8 +802,8 @@ impl RaftStorage {
     /// applied index and the configuration agree).
     pub fn build_snapshot(&self) -> Result<Snapshot, StoreError> {
         let applied = self.store.applied_index()?;
-        let term = match self.store.entry(applied)? {
-            Some(entry) => entry.get_term(),
+        let term = match self.store.term_of(applied)? {
+            Some(term) => term,
             None => {
                 let (index, term) = self.store.truncated();
                 if index == applied {
@@ -613,23 +850,14 @@ impl raft::Storage for RaftStorage {
         if high > last + 1 {
             return Err(raft::Error::Store(StorageError::Unavailable));
         }
-        let max_size = max_size.into();
-        let mut entries = Vec::with_capacity((high - low).min(1024) as usize);
-        let mut size = 0u64;
-        for index in low..high {
-            match self.store.entry(index).map_err(other)? {
-                Some(entry) => {
-                    size += u64::from(protobuf::Message::compute_size(&entry));
-                    entries.push(entry);
-                    if max_size.is_some_and(|max| size > max) {
-                        break;
-                    }
-                }
-                None => return Err(raft::Error::Store(StorageError::Unavailable)),
-            }
+        match self
+            .store
+            .entries_limited(low, high, max_size.into())
+            .map_err(other)?
+        {
+            Some(entries) => Ok(entries),
+            None => Err(raft::Error::Store(StorageError::Unavailable)),
         }
-        raft::util::limit_size(&mut entries, max_size);
-        Ok(entries)
     }
 
     fn term(&self, index: u64) -> raft::Result<u64> {
@@ -640,8 +868,8 @@ impl raft::Storage for RaftStorage {
         if index < truncated {
             return Err(raft::Error::Store(StorageError::Compacted));
         }
-        match self.store.entry(index).map_err(other)? {
-            Some(entry) => Ok(entry.get_term()),
+        match self.store.term_of(index).map_err(other)? {
+            Some(term) => Ok(term),
             None => Err(raft::Error::Store(StorageError::Unavailable)),
         }
     }
@@ -924,5 +1152,431 @@ mod tests {
         let node = raft::RawNode::new(&config, raft_storage(&store), &logger).unwrap();
         assert_eq!(node.raft.raft_log.committed, 20);
         assert_eq!(node.raft.raft_log.last_index(), 20);
+    }
+
+    // ---- The entry cache ----
+
+    fn entry_of(index: u64, term: u64, bytes: usize) -> Entry {
+        let mut entry = Entry::default();
+        entry.set_index(index);
+        entry.set_term(term);
+        entry.set_data(vec![b'a' + (index % 26) as u8; bytes].into());
+        entry
+    }
+
+    fn small_cache(max_entries: usize, max_bytes: usize) -> CacheLimits {
+        CacheLimits {
+            max_entries,
+            max_bytes,
+        }
+    }
+
+    fn append(store: &Store, entries: &[Entry]) {
+        store
+            .persist(Persist {
+                entries,
+                ..Persist::default()
+            })
+            .unwrap();
+    }
+
+    fn cached_range(store: &Store) -> Option<(u64, u64)> {
+        store.lock_cache().range()
+    }
+
+    /// Entries `low..high` read from RocksDB alone.
+    fn disk_entries(store: &Store, low: u64, high: u64) -> Vec<Entry> {
+        (low..high)
+            .map(|i| store.entry(i).unwrap().expect("entry on disk"))
+            .collect()
+    }
+
+    /// The cache holds exactly what the disk holds at its indexes, ends at the last index,
+    /// starts after the truncation point, and whole-log reads through raft's interface equal
+    /// the disk's.
+    fn assert_cache_is_disk(storage: &RaftStorage) {
+        let store = &storage.store;
+        let (truncated, truncated_term) = store.truncated();
+        let last = store.last_index.load(Ordering::SeqCst);
+        {
+            let cache = store.lock_cache();
+            if let Some((first, cached_last)) = cache.range() {
+                assert_eq!(cached_last, last, "the cache ends at the last index");
+                assert!(
+                    first > truncated,
+                    "cache starts at {first}, truncated {truncated}"
+                );
+                assert_eq!(cache.entries.len() as u64, cached_last - first + 1);
+                let mut bytes = 0;
+                for cached in &cache.entries {
+                    let on_disk = store.entry(cached.entry.get_index()).unwrap();
+                    assert_eq!(Some(&cached.entry), on_disk.as_ref());
+                    assert_eq!(
+                        cached.size,
+                        u64::from(protobuf::Message::compute_size(&on_disk.unwrap()))
+                    );
+                    bytes += cached.size as usize + CACHED_ENTRY_OVERHEAD;
+                }
+                assert_eq!(cache.bytes, bytes);
+                assert!(cache.entries.len() <= cache.limits.max_entries.max(1));
+                assert!(cache.entries.len() == 1 || cache.bytes <= cache.limits.max_bytes);
+            }
+        }
+        // Nothing on disk past the last index, nor at or below the truncation point.
+        assert_eq!(store.entry(last + 1).unwrap(), None);
+        assert_eq!(store.scan_last_index().unwrap().max(truncated), last);
+        if last > truncated {
+            let all = storage
+                .entries(
+                    truncated + 1,
+                    last + 1,
+                    None,
+                    GetEntriesContext::empty(false),
+                )
+                .unwrap();
+            assert_eq!(all, disk_entries(store, truncated + 1, last + 1));
+        }
+        assert_eq!(storage.term(truncated).unwrap(), truncated_term);
+        for index in truncated + 1..=last {
+            assert_eq!(
+                storage.term(index).unwrap(),
+                store.entry(index).unwrap().unwrap().get_term()
+            );
+        }
+        assert!(matches!(
+            storage.term(last + 1),
+            Err(raft::Error::Store(StorageError::Unavailable))
+        ));
+    }
+
+    #[test]
+    fn the_cache_holds_what_is_on_disk_after_appends_and_answers_the_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_with_cache(dir.path(), small_cache(8, 1 << 20)).unwrap();
+        let storage = raft_storage(&store);
+        assert_eq!(cached_range(&store), None);
+        let mut index = 1;
+        for batch in [1, 3, 5, 2, 7] {
+            let entries: Vec<_> = (index..index + batch).map(|i| entry_of(i, 1, 10)).collect();
+            append(&store, &entries);
+            index += batch;
+            assert_cache_is_disk(&storage);
+        }
+        // 18 entries written, the last 8 cached.
+        assert_eq!(cached_range(&store), Some((11, 18)));
+        let before = store.cache_stats();
+        let tail = storage
+            .entries(11, 19, None, GetEntriesContext::empty(false))
+            .unwrap();
+        assert_eq!(tail, disk_entries(&store, 11, 19));
+        assert_eq!(storage.term(18).unwrap(), 1);
+        let after = store.cache_stats();
+        assert_eq!(
+            (after.hits - before.hits, after.misses - before.misses),
+            (9, 0)
+        );
+        // Older entries come from disk, and a read across the boundary from both.
+        let across = storage
+            .entries(8, 13, None, GetEntriesContext::empty(false))
+            .unwrap();
+        assert_eq!(across, disk_entries(&store, 8, 13));
+        let end = store.cache_stats();
+        assert_eq!((end.hits - after.hits, end.misses - after.misses), (2, 3));
+    }
+
+    #[test]
+    fn the_byte_bound_evicts_but_keeps_the_last_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_with_cache(dir.path(), small_cache(100, 1000)).unwrap();
+        let storage = raft_storage(&store);
+        let entries: Vec<_> = (1..=10).map(|i| entry_of(i, 1, 300)).collect();
+        append(&store, &entries);
+        assert_cache_is_disk(&storage);
+        let (first, last) = cached_range(&store).unwrap();
+        assert_eq!(last, 10);
+        assert!(first > 1 && first < 10, "cached {first}..={last}");
+        // One entry larger than the whole bound is still cached, alone.
+        append(&store, &[entry_of(11, 1, 5000)]);
+        assert_eq!(cached_range(&store), Some((11, 11)));
+        assert_cache_is_disk(&storage);
+    }
+
+    #[test]
+    fn a_conflicting_suffix_is_replaced_in_the_cache_as_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_with_cache(dir.path(), small_cache(6, 1 << 20)).unwrap();
+        let storage = raft_storage(&store);
+        let entries: Vec<_> = (1..=10).map(|i| entry_of(i, 1, 10)).collect();
+        append(&store, &entries);
+        assert_eq!(cached_range(&store), Some((5, 10)));
+        // A new leader (term 2) overwrites from 8 on with a shorter log: 9 and 10 go away.
+        append(&store, &[entry_of(8, 2, 20)]);
+        assert_eq!(cached_range(&store), Some((5, 8)));
+        assert_cache_is_disk(&storage);
+        assert_eq!(storage.term(8).unwrap(), 2);
+        assert_eq!(storage.term(7).unwrap(), 1);
+        assert!(matches!(
+            storage.entries(5, 10, None, GetEntriesContext::empty(false)),
+            Err(raft::Error::Store(StorageError::Unavailable))
+        ));
+        let got = storage
+            .entries(7, 9, None, GetEntriesContext::empty(false))
+            .unwrap();
+        assert_eq!(
+            got.iter()
+                .map(|e| (e.get_index(), e.get_term()))
+                .collect::<Vec<_>>(),
+            vec![(7, 1), (8, 2)]
+        );
+        // An overwrite from before the cached range (3) replaces the whole cache.
+        append(&store, &[entry_of(3, 3, 10), entry_of(4, 3, 10)]);
+        assert_eq!(cached_range(&store), Some((3, 4)));
+        assert_cache_is_disk(&storage);
+        assert_eq!(storage.term(4).unwrap(), 3);
+        // An overwrite of exactly the cache's first entry, and of its whole range.
+        append(&store, &[entry_of(3, 4, 10)]);
+        assert_eq!(cached_range(&store), Some((3, 3)));
+        assert_cache_is_disk(&storage);
+        // More entries in one batch than the cache holds: only the last ones stay.
+        let many: Vec<_> = (4..=20).map(|i| entry_of(i, 4, 10)).collect();
+        append(&store, &many);
+        assert_eq!(cached_range(&store), Some((15, 20)));
+        assert_cache_is_disk(&storage);
+    }
+
+    #[test]
+    fn compaction_removes_compacted_entries_from_the_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_with_cache(dir.path(), small_cache(8, 1 << 20)).unwrap();
+        let storage = raft_storage(&store);
+        let entries: Vec<_> = (1..=10).map(|i| entry_of(i, 1 + i / 5, 10)).collect();
+        append(&store, &entries);
+        assert_eq!(cached_range(&store), Some((3, 10)));
+        store.compact(6).unwrap();
+        assert_eq!(cached_range(&store), Some((7, 10)));
+        assert_cache_is_disk(&storage);
+        assert_eq!(storage.term(6).unwrap(), 2);
+        assert!(matches!(
+            storage.entries(6, 8, None, GetEntriesContext::empty(false)),
+            Err(raft::Error::Store(StorageError::Compacted))
+        ));
+        // Compacting past the cached range's start when it starts later (a small cache).
+        store.compact(10).unwrap();
+        assert_eq!(cached_range(&store), None);
+        assert_cache_is_disk(&storage);
+        append(&store, &[entry_of(11, 3, 10)]);
+        assert_eq!(cached_range(&store), Some((11, 11)));
+        assert_cache_is_disk(&storage);
+    }
+
+    #[test]
+    fn a_snapshot_or_initialisation_empties_the_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut conf_state = ConfState::default();
+        conf_state.set_voters(vec![1, 2, 3]);
+        let identity = Identity {
+            cluster_id: 1,
+            node_id: 2,
+        };
+        store
+            .initialize(identity, &conf_state, &StateSnapshot::default(), 5, 5)
+            .unwrap();
+        let storage = raft_storage(&store);
+        let entries: Vec<_> = (6..=30).map(|i| entry_of(i, 5, 10)).collect();
+        append(&store, &entries);
+        assert_eq!(cached_range(&store), Some((6, 30)));
+        // A snapshot inside the cached range: the whole log goes, on disk and in memory.
+        let mut metadata = SnapshotMetadata::default();
+        metadata.set_index(20);
+        metadata.set_term(7);
+        metadata.set_conf_state(conf_state.clone());
+        store
+            .apply_snapshot(&metadata, &StateSnapshot::default(), None)
+            .unwrap();
+        assert_eq!(cached_range(&store), None);
+        assert_cache_is_disk(&storage);
+        assert!(matches!(
+            storage.entries(21, 22, None, GetEntriesContext::empty(false)),
+            Err(raft::Error::Store(StorageError::Unavailable))
+        ));
+        append(&store, &[entry_of(21, 7, 10), entry_of(22, 7, 10)]);
+        assert_eq!(cached_range(&store), Some((21, 22)));
+        assert_cache_is_disk(&storage);
+        // Initialising (a restore) replaces everything again.
+        store
+            .initialize(identity, &conf_state, &StateSnapshot::default(), 40, 9)
+            .unwrap();
+        assert_eq!(cached_range(&store), None);
+        assert_cache_is_disk(&storage);
+        assert_eq!(storage.last_index().unwrap(), 40);
+    }
+
+    #[test]
+    fn after_a_restart_the_cache_is_empty_and_entries_come_from_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let written: Vec<_> = (1..=10)
+            .map(|i| entry_of(i, 1 + i / 4, 10 + i as usize))
+            .collect();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            append(&store, &written[..6]);
+            append(&store, &written[6..]);
+            assert_eq!(cached_range(&store), Some((1, 10)));
+            // Stopped here (the cache is memory only; a kill -9 loses it the same way).
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let storage = raft_storage(&store);
+        assert_eq!(cached_range(&store), None);
+        let got = storage
+            .entries(1, 11, None, GetEntriesContext::empty(false))
+            .unwrap();
+        assert_eq!(got, written);
+        assert_eq!(storage.term(10).unwrap(), 3);
+        assert_eq!(
+            store.cache_stats(),
+            CacheStats {
+                hits: 0,
+                misses: 11
+            }
+        );
+        // New entries are cached from where the log continues; older ones stay on disk.
+        append(&store, &[entry_of(11, 3, 10)]);
+        assert_eq!(cached_range(&store), Some((11, 11)));
+        assert_cache_is_disk(&storage);
+    }
+
+    #[test]
+    fn max_size_is_applied_as_raft_limit_size_does_across_cache_and_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_with_cache(dir.path(), small_cache(10, 1 << 20)).unwrap();
+        let storage = raft_storage(&store);
+        // Varied sizes, so that limits fall between and on entry boundaries.
+        let entries: Vec<_> = (1..=20)
+            .map(|i| entry_of(i, 1, (i as usize * 37) % 200))
+            .collect();
+        append(&store, &entries);
+        assert_eq!(cached_range(&store), Some((11, 20)));
+        let sizes: Vec<u64> = entries
+            .iter()
+            .map(|e| u64::from(protobuf::Message::compute_size(e)))
+            .collect();
+        let mut limits = vec![None, Some(0), Some(1), Some(raft::NO_LIMIT)];
+        for low in 0..20 {
+            let mut total = 0;
+            for size in &sizes[low..] {
+                total += size;
+                limits.extend([Some(total - 1), Some(total), Some(total + 1)]);
+            }
+        }
+        for low in 1..=20 {
+            for high in low + 1..=21 {
+                for max_size in &limits {
+                    let mut expected = disk_entries(&store, low, high);
+                    raft::util::limit_size(&mut expected, *max_size);
+                    let got = storage
+                        .entries(low, high, *max_size, GetEntriesContext::empty(false))
+                        .unwrap();
+                    assert_eq!(got, expected, "entries({low}, {high}, {max_size:?})");
+                    assert!(!got.is_empty());
+                }
+            }
+        }
+    }
+
+    /// Random appends (with conflicting overwrites), compactions, snapshots and reopenings,
+    /// with a small cache, checked against a model of the log and against the disk.
+    #[test]
+    fn the_cache_follows_random_log_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = small_cache(7, 1500);
+        let mut store = Store::open_with_cache(dir.path(), limits).unwrap();
+        let mut storage = raft_storage(&store);
+        let mut model: std::collections::BTreeMap<u64, Entry> = Default::default();
+        let (mut truncated, mut truncated_term) = (0u64, 0u64);
+        let mut term = 1;
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut conf_state = ConfState::default();
+        conf_state.set_voters(vec![1]);
+        for step in 0..600 {
+            let last = model.keys().next_back().copied().unwrap_or(truncated);
+            match next() % 20 {
+                0..=11 => {
+                    // Append, from last + 1, or overwriting a suffix (a new term).
+                    let from = if next() % 3 == 0 && last > truncated {
+                        term += 1;
+                        truncated + 1 + next() % (last - truncated)
+                    } else {
+                        last + 1
+                    };
+                    let count = 1 + next() % 9;
+                    let entries: Vec<_> = (from..from + count)
+                        .map(|i| entry_of(i, term, (next() % 400) as usize))
+                        .collect();
+                    append(&store, &entries);
+                    model.retain(|index, _| *index < from);
+                    model.extend(entries.into_iter().map(|e| (e.get_index(), e)));
+                }
+                12..=15 if last > truncated => {
+                    let to = truncated + 1 + next() % (last - truncated);
+                    store.compact(to).unwrap();
+                    truncated_term = model[&to].get_term();
+                    truncated = to;
+                    model.retain(|index, _| *index > to);
+                }
+                16 => {
+                    let index = last + next() % 5;
+                    term += 1;
+                    let mut metadata = SnapshotMetadata::default();
+                    metadata.set_index(index);
+                    metadata.set_term(term);
+                    metadata.set_conf_state(conf_state.clone());
+                    store
+                        .apply_snapshot(&metadata, &StateSnapshot::default(), None)
+                        .unwrap();
+                    (truncated, truncated_term) = (index, term);
+                    model.clear();
+                }
+                17 => {
+                    drop(storage);
+                    drop(store);
+                    store = Store::open_with_cache(dir.path(), limits).unwrap();
+                    storage = raft_storage(&store);
+                    assert_eq!(cached_range(&store), None, "step {step}");
+                }
+                _ => {}
+            }
+            assert_eq!(
+                store.truncated(),
+                (truncated, truncated_term),
+                "step {step}"
+            );
+            let last = model.keys().next_back().copied().unwrap_or(truncated);
+            assert_eq!(storage.last_index().unwrap(), last, "step {step}");
+            assert_cache_is_disk(&storage);
+            if last > truncated {
+                let low = truncated + 1 + next() % (last - truncated);
+                let high = low + 1 + next() % (last + 1 - low);
+                let max_size = [None, Some(0), Some(next() % 2000)][(next() % 3) as usize];
+                let mut expected: Vec<Entry> =
+                    model.range(low..high).map(|(_, e)| e.clone()).collect();
+                raft::util::limit_size(&mut expected, max_size);
+                let got = storage
+                    .entries(low, high, max_size, GetEntriesContext::empty(false))
+                    .unwrap();
+                assert_eq!(
+                    got, expected,
+                    "step {step}: entries({low}, {high}, {max_size:?})"
+                );
+            }
+        }
+        let stats = store.cache_stats();
+        assert!(stats.hits > 0 && stats.misses > 0, "{stats:?}");
     }
 }
