@@ -13,6 +13,7 @@ use std::ffi::OsString;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// How long the harness waits for a process to come up or a run to reach a state.
@@ -83,7 +84,32 @@ impl Member {
     }
 }
 
+/// A loopback port nothing listens on, for a process this farm starts. It is picked below
+/// the kernel's ephemeral range: a port the kernel handed out (`bind(:0)`) can be taken again
+/// by any outgoing connection before the coordinator binds it, which made a test fail with
+/// "Address already in use"; ports below the range are only ever taken by a `bind`.
 fn free_port() -> u16 {
+    static PICKED: AtomicU64 = AtomicU64::new(0);
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (low, high) = (10_000u16, ephemeral_start);
+    if high > low + 1000 {
+        let seed = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+            ^ (u64::from(std::process::id()) << 20);
+        for attempt in 0..200u64 {
+            let n = PICKED.fetch_add(1, Ordering::Relaxed);
+            let mixed = (seed ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ attempt)
+                .wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            let port = low + ((mixed >> 32) % u64::from(high - low)) as u16;
+            if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .map(|address| address.port())
@@ -171,9 +197,33 @@ impl Farm {
                 self.spawn_member(index);
             }
         }
-        self.wait_for("the coordinator to answer", || {
-            self.kiln(&["agents"]).status.success()
-        });
+        // A member that exits (a port taken, a bad flag) fails the test at once with its log,
+        // instead of at the deadline.
+        let start = Instant::now();
+        let mut pause = Duration::from_millis(50);
+        while !self.kiln(&["agents"]).status.success() {
+            for member in &mut self.members {
+                if let Some(Ok(Some(status))) = member.child.as_mut().map(Child::try_wait) {
+                    member.child = None;
+                    panic!(
+                        "{} exited ({status}) while starting\n{}",
+                        member.name(),
+                        std::fs::read_to_string(
+                            self.dir.path().join(format!("{}.log", member.name()))
+                        )
+                        .unwrap_or_default()
+                    );
+                }
+            }
+            if start.elapsed() > DEADLINE {
+                panic!(
+                    "timed out waiting for the coordinator to answer\n{}",
+                    self.logs()
+                );
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_secs(1));
+        }
     }
 
     fn spawn_member(&mut self, index: usize) {
