@@ -283,12 +283,7 @@ impl Farm {
             .and_then(|m| m.child.as_ref())
             .expect("a running member of this farm")
             .id();
-        let status = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(pid.to_string())
-            .status()
-            .expect("kill runs");
-        assert!(status.success(), "kill -{signal} {pid} failed");
+        send_signal(pid, signal);
     }
 
     /// Kills coordinator `id` with SIGKILL (no hand-over), like a crashed machine.
@@ -341,12 +336,7 @@ impl Farm {
     /// Sends `signal` (e.g. "STOP", "CONT", "TERM") to the agent process.
     pub fn signal_agent(&self, signal: &str) {
         let pid = self.agent.as_ref().expect("the agent runs").id();
-        let status = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(pid.to_string())
-            .status()
-            .expect("kill runs");
-        assert!(status.success(), "kill -{signal} {pid} failed");
+        send_signal(pid, signal);
     }
 
     /// Waits for the agent process to exit by itself (after SIGTERM) and returns whether it
@@ -542,6 +532,16 @@ impl Drop for Farm {
         }
         self.stop_coordinator();
     }
+}
+
+/// Sends `signal` ("STOP", "CONT", "TERM", …) to process `pid` with kill(1).
+fn send_signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill -{signal} {pid} failed");
 }
 
 /// Waits up to [`DEADLINE`] for `child` to exit by itself; kills it and returns `None` if it
