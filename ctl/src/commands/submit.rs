@@ -397,22 +397,29 @@ mod tests {
         }
     }
 
+    /// Prints `chunks` through `printed` into `out`, as `stream_logs` does.
+    fn feed(printed: &mut Printed, out: &mut Vec<u8>, chunks: &[LogChunk]) {
+        for chunk in chunks {
+            out.extend_from_slice(&printed.new_part(chunk));
+        }
+    }
+
     #[test]
     fn chunks_with_offsets_print_each_byte_once_and_say_where_bytes_are_missing() {
         let mut printed = Printed::default();
         let mut out = Vec::new();
-        let mut feed = |printed: &mut Printed, chunks: &[LogChunk]| {
-            for chunk in chunks {
-                out.extend_from_slice(&printed.new_part(chunk));
-            }
-        };
         printed.reattached();
-        feed(&mut printed, &[at("a", 0, "one\n"), at("a", 4, "tw")]);
+        feed(
+            &mut printed,
+            &mut out,
+            &[at("a", 0, "one\n"), at("a", 4, "tw")],
+        );
         // A new leader: stored segments from the start, then the agent's resent tail, which
         // overlaps them, then new output.
         printed.reattached();
         feed(
             &mut printed,
+            &mut out,
             &[
                 at("a", 0, "one\ntwo\n"),
                 chunk("", "[notice]\n"),
@@ -421,7 +428,11 @@ mod tests {
             ],
         );
         // A chunk past a gap: the gap is named, and the cursor moves on.
-        feed(&mut printed, &[at("a", 30, "six\n"), at("a", 25, "xxxxx")]);
+        feed(
+            &mut printed,
+            &mut out,
+            &[at("a", 30, "six\n"), at("a", 25, "xxxxx")],
+        );
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "one\ntwo\n[notice]\nthree\nfour\n\n[kiln] 11 bytes of step a's log are missing here (the live stream lost them); `kiln logs` shows the stored log once the step ends\nsix\n"
@@ -432,14 +443,10 @@ mod tests {
     fn a_reattached_log_prints_only_what_is_new_per_step() {
         let mut printed = Printed::default();
         let mut out = Vec::new();
-        let mut feed = |printed: &mut Printed, chunks: &[LogChunk]| {
-            for chunk in chunks {
-                out.extend_from_slice(&printed.new_part(chunk));
-            }
-        };
         printed.reattached();
         feed(
             &mut printed,
+            &mut out,
             &[
                 chunk("a", "one\n"),
                 chunk("", "[notice]\n"),
@@ -451,6 +458,7 @@ mod tests {
         printed.reattached();
         feed(
             &mut printed,
+            &mut out,
             &[
                 chunk("a", "on"),
                 chunk("a", "e\ntwo\n"),
@@ -461,6 +469,7 @@ mod tests {
         printed.reattached();
         feed(
             &mut printed,
+            &mut out,
             &[chunk("a", "one\ntwo\n"), chunk("b", "three\nfour\n")],
         );
         assert_eq!(
