@@ -5,7 +5,10 @@
 #   2. build the workspace binaries (debug) for the end-to-end tests (found via KILN_BIN_DIR);
 #   3. cargo test --workspace, with DOCKER_HOST, KILN_REGISTRY and KILN_BIN_DIR exported;
 #   4. cargo clippy --workspace --all-targets -- -D warnings;
-#   5. cargo fmt --all -- --check.
+#   5. cargo fmt --all -- --check;
+#   6. cargo deny check licenses bans sources (deny.toml; cargo-deny is installed once into
+#      KILN_TOOLS_DIR). The advisory database cannot be fetched here: see the README's
+#      "Supply chain" for the advisory check.
 #
 # Steps 3–5 all run even if one fails, so one run shows every problem; the exit status is
 # non-zero if any step failed. Missing prerequisites stop the script at once.
@@ -26,6 +29,21 @@ check_toolchain() {
             rustup component add "$component" || die "rustup component add $component failed"
         fi
     done
+}
+
+# Where cargo-installed gate tools live (outside the clone, like the target directory).
+KILN_TOOLS_DIR=${KILN_TOOLS_DIR:-/var/cache/kiln/tools}
+CARGO_DENY_VERSION=0.20.2
+
+# Runs cargo-deny's offline checks, installing the pinned cargo-deny first if it is missing.
+deny_check() {
+    local deny="$KILN_TOOLS_DIR/bin/cargo-deny"
+    if ! "$deny" --version 2>/dev/null | grep -q "$CARGO_DENY_VERSION"; then
+        log "installing cargo-deny $CARGO_DENY_VERSION into $KILN_TOOLS_DIR"
+        CARGO_TARGET_DIR="$KILN_TOOLS_DIR/target" cargo install cargo-deny --version "$CARGO_DENY_VERSION" \
+            --locked --root "$KILN_TOOLS_DIR" || return 1
+    fi
+    "$deny" --offline check licenses bans sources
 }
 
 FAILED=()
@@ -61,6 +79,7 @@ main() {
     step test cargo test --workspace --no-fail-fast
     step clippy cargo clippy --workspace --all-targets -- -D warnings
     step fmt cargo fmt --all -- --check
+    step deny deny_check
 
     if [[ ${#FAILED[@]} -gt 0 ]]; then
         die "failed steps: ${FAILED[*]}"
