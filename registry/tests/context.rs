@@ -6,7 +6,7 @@ use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use kiln_registry::context::{pack, unpack, FIXED_MTIME};
+use kiln_registry::context::{pack, unpack, unpack_with, UnpackLimits, FIXED_MTIME};
 use kiln_registry::Error;
 
 fn write(root: &Path, rel: &str, content: &str) {
@@ -258,6 +258,156 @@ fn unpack_refuses_escapes() {
     assert_refused(
         &[("a", Symlink, "."), ("b", Symlink, "a/..")],
         "symlink chain out",
+    );
+    // `sub/up -> ../top` is fine in sub/, but hard-linked at the top it would point out.
+    assert_refused(
+        &[("sub/up", Symlink, "../top"), ("hl", Link, "sub/up")],
+        "hard link to a symlink",
+    );
+    assert_refused(&[("hard", Link, "missing")], "hard link to nothing");
+    assert_refused(&[("zero", tar::EntryType::Char, "")], "character device");
+    assert_refused(&[("disk", tar::EntryType::Block, "")], "block device");
+    assert_refused(&[("pipe", tar::EntryType::Fifo, "")], "FIFO");
+}
+
+#[test]
+fn unpack_names_the_refused_entry() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tar_path = dir.path().join("evil.tar");
+    raw_tar(
+        &tar_path,
+        &[
+            ("ok.txt", tar::EntryType::Regular, "fine"),
+            ("h", tar::EntryType::Symlink, "/etc"),
+        ],
+    );
+    let error = unpack(&tar_path, &dir.path().join("dest")).expect_err("refused");
+    let text = error.to_string();
+    assert!(text.contains("\"h\""), "{text}");
+    assert!(text.contains("points outside the context"), "{text}");
+}
+
+/// A tar with one entry of `mode`, written with the tar crate's checked builder.
+fn tar_with_mode(path: &Path, name: &str, mode: u32) {
+    let mut builder = tar::Builder::new(fs::File::create(path).expect("create"));
+    let mut header = tar::Header::new_gnu();
+    header.set_size(2);
+    header.set_mode(mode);
+    header.set_cksum();
+    builder
+        .append_data(&mut header, name, &b"#!"[..])
+        .expect("append");
+    builder.finish().expect("finish");
+}
+
+#[test]
+fn unpack_drops_setuid_and_setgid() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tar_path = dir.path().join("suid.tar");
+    tar_with_mode(&tar_path, "suid-shell", 0o6755);
+    let dest = dir.path().join("dest");
+    unpack(&tar_path, &dest).expect("unpack");
+    let mode = fs::metadata(dest.join("suid-shell"))
+        .expect("stat")
+        .permissions()
+        .mode();
+    assert_eq!(
+        mode & 0o7777,
+        0o755,
+        "setuid/setgid must be dropped: {mode:o}"
+    );
+}
+
+#[test]
+fn unpack_bounds_size_entries_and_gzip_expansion() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let limits = UnpackLimits {
+        max_total_bytes: 1000,
+        max_entries: 10,
+        max_gzip_ratio: 20,
+    };
+
+    // A header that claims more than the size limit is refused before anything is written.
+    let big = dir.path().join("big.tar");
+    {
+        let mut builder = tar::Builder::new(fs::File::create(&big).expect("create"));
+        let mut header = tar::Header::new_gnu();
+        header.set_size(4096);
+        header.set_mode(0o644);
+        header.set_cksum();
+        builder
+            .append_data(&mut header, "big.bin", &vec![0u8; 4096][..])
+            .expect("append");
+        builder.finish().expect("finish");
+    }
+    let error = unpack_with(&big, &dir.path().join("d1"), &limits).expect_err("too big");
+    assert!(error.to_string().contains("size limit"), "{error}");
+    assert!(error.to_string().contains("big.bin"), "{error}");
+    assert!(!dir.path().join("d1/big.bin").exists());
+
+    // Many small entries.
+    let many = dir.path().join("many.tar");
+    {
+        let mut builder = tar::Builder::new(fs::File::create(&many).expect("create"));
+        for i in 0..11 {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(1);
+            header.set_mode(0o644);
+            header.set_cksum();
+            builder
+                .append_data(&mut header, format!("f{i}"), &b"x"[..])
+                .expect("append");
+        }
+        builder.finish().expect("finish");
+    }
+    let error = unpack_with(&many, &dir.path().join("d2"), &limits).expect_err("too many");
+    assert!(
+        error.to_string().contains("more than 10 entries"),
+        "{error}"
+    );
+
+    // A gzip bomb: 8 MiB of zeros compress about 1000 times.
+    let bomb = dir.path().join("bomb.tar.gz");
+    {
+        let gz = flate2::write::GzEncoder::new(
+            fs::File::create(&bomb).expect("create"),
+            flate2::Compression::best(),
+        );
+        let mut builder = tar::Builder::new(gz);
+        let zeros = vec![0u8; 8 * 1024 * 1024];
+        let mut header = tar::Header::new_gnu();
+        header.set_size(zeros.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        builder
+            .append_data(&mut header, "zeros", &zeros[..])
+            .expect("append");
+        builder
+            .into_inner()
+            .expect("inner")
+            .finish()
+            .expect("finish");
+    }
+    let roomy = UnpackLimits {
+        max_total_bytes: 1 << 30,
+        ..limits
+    };
+    let error = unpack_with(&bomb, &dir.path().join("d3"), &roomy).expect_err("bomb");
+    assert!(
+        error.to_string().contains("gzip expansion limit"),
+        "{error}"
+    );
+    // The same archive passes when the ratio allows it.
+    let lenient = UnpackLimits {
+        max_gzip_ratio: 100_000,
+        ..roomy
+    };
+    unpack_with(&bomb, &dir.path().join("d4"), &lenient).expect("lenient unpack");
+    assert_eq!(
+        fs::metadata(dir.path().join("d4/zeros"))
+            .expect("stat")
+            .len(),
+        8 * 1024 * 1024
     );
 }
 

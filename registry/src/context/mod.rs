@@ -8,15 +8,17 @@
 //! FIFOs and device files are left out; hard links are stored as separate copies.
 
 mod dockerignore;
+mod unpack;
 
 use std::fs;
 use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Component, Path, PathBuf};
+use std::path::Path;
 
 use sha2::{Digest as _, Sha256};
 
 pub use dockerignore::{DockerIgnore, MatchInfo};
+pub use unpack::{unpack, unpack_with, UnpackLimits};
 
 use crate::Error;
 
@@ -270,181 +272,5 @@ impl<W: Write> Write for HashingWriter<W> {
 
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
-    }
-}
-
-/// Unpacks a context tarball into `dest`, refusing entries that escape it (`..`, absolute paths, links out).
-///
-/// Refused: absolute entry names, names with `..`, entries that would be written through a
-/// symbolic link, hard links to anything outside the archive's tree, and symbolic links whose target
-/// is absolute or climbs out of `dest`. On an error `dest` may hold part of the archive; remove it.
-/// Device files and FIFOs are skipped.
-pub fn unpack(tar_path: &Path, dest: &Path) -> Result<(), Error> {
-    fs::create_dir_all(dest).map_err(|err| Error::io("create", dest, err))?;
-    let root = dest
-        .canonicalize()
-        .map_err(|err| Error::io("resolve", dest, err))?;
-    let file = fs::File::open(tar_path).map_err(|err| Error::io("open", tar_path, err))?;
-    let mut archive = tar::Archive::new(io::BufReader::new(file));
-    let read_err = |err: io::Error| Error::io("read the context archive", tar_path, err);
-    let mut symlinks = Vec::new();
-
-    for entry in archive.entries().map_err(read_err)? {
-        let mut entry = entry.map_err(read_err)?;
-        let raw_name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
-        let unsafe_entry = |reason: &str| Error::UnsafeEntry {
-            archive: tar_path.to_path_buf(),
-            entry: raw_name.clone(),
-            reason: reason.to_string(),
-        };
-        let Some(rel) = safe_relative(Path::new(&raw_name)).map_err(&unsafe_entry)? else {
-            continue; // "." or "./": the root itself
-        };
-        let target = root.join(&rel);
-        ensure_no_symlink_in_parents(&root, &rel).map_err(|reason| unsafe_entry(&reason))?;
-        let entry_type = entry.header().entry_type();
-        let mode = entry.header().mode().unwrap_or(0o644) & 0o7777;
-        let write_err = |err: io::Error| Error::io("unpack into", &target, err);
-
-        match entry_type {
-            tar::EntryType::Directory => {
-                if fs::symlink_metadata(&target).is_ok_and(|m| !m.is_dir()) {
-                    fs::remove_file(&target).map_err(write_err)?;
-                }
-                fs::create_dir_all(&target).map_err(write_err)?;
-                fs::set_permissions(&target, fs::Permissions::from_mode(mode | 0o700))
-                    .map_err(write_err)?;
-            }
-            tar::EntryType::Regular | tar::EntryType::Continuous => {
-                create_parent(&target)?;
-                remove_non_dir(&target).map_err(write_err)?;
-                let mut out = fs::File::create(&target).map_err(write_err)?;
-                io::copy(&mut entry, &mut out).map_err(write_err)?;
-                fs::set_permissions(&target, fs::Permissions::from_mode(mode))
-                    .map_err(write_err)?;
-            }
-            tar::EntryType::Symlink => {
-                let link = entry
-                    .link_name()
-                    .map_err(read_err)?
-                    .ok_or_else(|| unsafe_entry("symbolic link without a target"))?;
-                let parent = rel.parent().unwrap_or(Path::new(""));
-                if link.is_absolute() || !stays_inside(&parent.join(&link)) {
-                    return Err(unsafe_entry(&format!(
-                        "symbolic link to {} points outside the context",
-                        link.display()
-                    )));
-                }
-                create_parent(&target)?;
-                remove_non_dir(&target).map_err(write_err)?;
-                std::os::unix::fs::symlink(&link, &target).map_err(write_err)?;
-                symlinks.push(rel.clone());
-            }
-            tar::EntryType::Link => {
-                let link = entry
-                    .link_name()
-                    .map_err(read_err)?
-                    .ok_or_else(|| unsafe_entry("hard link without a target"))?;
-                let Ok(Some(link_rel)) = safe_relative(&link) else {
-                    return Err(unsafe_entry(&format!(
-                        "hard link to {} points outside the context",
-                        link.display()
-                    )));
-                };
-                ensure_no_symlink_in_parents(&root, &link_rel)
-                    .map_err(|reason| unsafe_entry(&reason))?;
-                create_parent(&target)?;
-                remove_non_dir(&target).map_err(write_err)?;
-                fs::hard_link(root.join(&link_rel), &target).map_err(write_err)?;
-            }
-            // PAX and GNU long-name records are consumed by the tar reader; devices and FIFOs are skipped.
-            _ => {}
-        }
-    }
-
-    // A chain of links can still lead out (`a -> .`, `b -> a/..`): resolve every link now that all exist.
-    for rel in symlinks {
-        let path = root.join(&rel);
-        if let Ok(resolved) = path.canonicalize() {
-            if !resolved.starts_with(&root) {
-                return Err(Error::UnsafeEntry {
-                    archive: tar_path.to_path_buf(),
-                    entry: rel.display().to_string(),
-                    reason: "symbolic link resolves outside the context".to_string(),
-                });
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Checks an entry name: `Ok(None)` for the root itself, the relative path otherwise.
-fn safe_relative(path: &Path) -> Result<Option<PathBuf>, &'static str> {
-    let mut rel = PathBuf::new();
-    for component in path.components() {
-        match component {
-            Component::Normal(part) => rel.push(part),
-            Component::CurDir => {}
-            Component::ParentDir => return Err("the name contains '..'"),
-            Component::RootDir | Component::Prefix(_) => {
-                return Err("the name is an absolute path")
-            }
-        }
-    }
-    Ok(if rel.as_os_str().is_empty() {
-        None
-    } else {
-        Some(rel)
-    })
-}
-
-/// Whether a relative path, resolved lexically, stays inside its root.
-fn stays_inside(path: &Path) -> bool {
-    let mut depth: usize = 0;
-    for component in path.components() {
-        match component {
-            Component::Normal(_) => depth += 1,
-            Component::CurDir => {}
-            Component::ParentDir => match depth.checked_sub(1) {
-                Some(d) => depth = d,
-                None => return false,
-            },
-            Component::RootDir | Component::Prefix(_) => return false,
-        }
-    }
-    true
-}
-
-/// Refuses to write below a symbolic link, which could point anywhere.
-fn ensure_no_symlink_in_parents(root: &Path, rel: &Path) -> Result<(), String> {
-    let mut current = root.to_path_buf();
-    let mut components = rel.components().peekable();
-    while let Some(component) = components.next() {
-        if components.peek().is_none() {
-            break;
-        }
-        current.push(component);
-        if fs::symlink_metadata(&current).is_ok_and(|m| m.file_type().is_symlink()) {
-            return Err(format!(
-                "it would be written through the symbolic link {}",
-                current.display()
-            ));
-        }
-    }
-    Ok(())
-}
-
-fn create_parent(target: &Path) -> Result<(), Error> {
-    match target.parent() {
-        Some(parent) => fs::create_dir_all(parent).map_err(|err| Error::io("create", parent, err)),
-        None => Ok(()),
-    }
-}
-
-/// Removes a file or link that an entry replaces (tar semantics: the later entry wins).
-fn remove_non_dir(target: &Path) -> io::Result<()> {
-    match fs::symlink_metadata(target) {
-        Ok(m) if !m.is_dir() => fs::remove_file(target),
-        _ => Ok(()),
     }
 }
