@@ -89,21 +89,11 @@ pub fn file_digest(path: &Path) -> std::io::Result<(String, u64)> {
     Ok((format!("sha256:{}", hex::encode(hasher.finalize())), size))
 }
 
-/// Unpacks a (possibly gzip-compressed) tarball into `dest`. The tar crate refuses entries
-/// that would land outside `dest`.
-fn unpack(tar_path: &Path, dest: &Path) -> std::io::Result<()> {
-    let mut file = std::fs::File::open(tar_path)?;
-    let mut magic = [0u8; 2];
-    let gzip = file.read(&mut magic)? == 2 && magic == [0x1f, 0x8b];
-    let file = std::fs::File::open(tar_path)?;
-    let reader: Box<dyn Read> = if gzip {
-        Box::new(flate2::read::GzDecoder::new(file))
-    } else {
-        Box::new(file)
-    };
-    let mut archive = tar::Archive::new(reader);
-    archive.set_preserve_permissions(true);
-    archive.unpack(dest)
+/// Unpacks a (possibly gzip-compressed) context tarball into `dest` with kiln-registry's
+/// hardened unpacker: escaping entries, links out and device files are refused (naming the
+/// entry), setuid/setgid bits dropped, size, entry count and gzip expansion bounded.
+fn unpack(tar_path: &Path, dest: &Path) -> Result<(), String> {
+    kiln_registry::context::unpack(tar_path, dest).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
@@ -159,5 +149,28 @@ mod tests {
         let out = dir.path().join("out-gz");
         unpack(&gz_path, &out).expect("unpack");
         assert!(out.join("sub/Dockerfile").is_file());
+    }
+
+    #[test]
+    fn refuses_links_to_host_directories() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tar_path = dir.path().join("evil.tar");
+        {
+            let mut builder = tar::Builder::new(std::fs::File::create(&tar_path).expect("create"));
+            let mut header = tar::Header::new_gnu();
+            header.set_entry_type(tar::EntryType::Symlink);
+            header.set_size(0);
+            header.set_mode(0o777);
+            builder
+                .append_link(&mut header, "h", "/etc")
+                .expect("append");
+            builder.finish().expect("finish");
+        }
+        let error = unpack(&tar_path, &dir.path().join("out")).expect_err("refused");
+        assert!(
+            error.contains("\"h\"") && error.contains("outside the context"),
+            "{error}"
+        );
+        assert!(std::fs::symlink_metadata(dir.path().join("out/h")).is_err());
     }
 }
