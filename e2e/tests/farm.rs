@@ -419,3 +419,42 @@ fn a_push_the_registry_refuses_fails_the_run_with_the_reason() {
     // The build step's log was stored in the farm's registry and reads back.
     assert!(text(&farm.kiln(&["logs", &id])).contains("Successfully tagged 127.0.0.1:1/refused:v1"));
 }
+
+#[test]
+fn a_context_linking_to_a_host_directory_ends_error_naming_the_entry() {
+    let farm = Farm::start();
+    // A host directory with a canary the run must never see.
+    let host = tempfile::tempdir().expect("host directory");
+    let canary = format!("host-canary-{}", unique("c"));
+    std::fs::write(host.path().join("canary.txt"), &canary).expect("write the canary");
+    std::fs::write(
+        host.path().join("Dockerfile"),
+        dockerfile(&farm.registry, "COPY . /h/\nRUN cat /h/canary.txt"),
+    )
+    .expect("write the host Dockerfile");
+    let ctx = context(&[(
+        "task.yaml",
+        "version: v1.1.0\nsteps:\n  - build: -t {{.Run.Registry}}/e2e/hostile:{{.Run.ID}} -f h/Dockerfile h\n",
+    )]);
+    std::os::unix::fs::symlink(host.path(), ctx.path().join("h")).expect("symlink");
+    let task = ctx.path().join("task.yaml");
+    let output = farm.kiln(&[
+        "run",
+        "-f",
+        task.to_str().unwrap(),
+        ctx.path().to_str().unwrap(),
+    ]);
+    let log = text(&output);
+    assert!(!output.status.success(), "{log}");
+    assert!(
+        !log.contains(&canary),
+        "the host file reached the build: {log}"
+    );
+    let id = run_id(&output);
+    let show = text(&farm.kiln(&["runs", "show", &id]));
+    assert!(show.contains("Error"), "{show}");
+    assert!(
+        show.contains("\"h\"") && show.contains("outside the context"),
+        "the reason names the entry: {show}"
+    );
+}
